@@ -1,0 +1,37 @@
+# `make demo` and `make test` create or refresh .venv, then run. Versions are pinned in
+# constraints.txt; torch is installed first so that pip takes the CPU wheel, not a CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.modelzip-installed
+# Real data for tests and benchmarks, if it lies beside the checkout.
+MODELZIP_DATA ?= $(abspath ../shared/data)
+export MODELZIP_DATA
+
+.PHONY: demo test lint bench-baselines readme-table clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt torch
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/modelzip demo
+
+test: $(STAMP)
+	$(PY) -m ruff check src tests bench
+	$(PY) -m pytest -n 2 --dist loadfile -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests bench
+
+bench-baselines: $(STAMP)
+	$(PY) bench/baselines.py
+
+readme-table: $(STAMP)
+	$(PY) bench/readme_table.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

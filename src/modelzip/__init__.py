@@ -1,0 +1,43 @@
+"""modelzip: compress trained PyTorch models to fit a hard budget of bytes, milliseconds and RAM.
+
+The public API is re-exported here lazily, so that ``import modelzip`` stays light (the
+on-board runtime must import without torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_dataset": "modelzip.data",
+    "load_image_folder": "modelzip.data",
+    "ImageDataset": "modelzip.data",
+    "build_model": "modelzip.zoo",
+    "list_models": "modelzip.zoo",
+    "register_model": "modelzip.zoo",
+    "fit": "modelzip.train",
+    "evaluate": "modelzip.train",
+    "TrainConfig": "modelzip.train",
+    "save_checkpoint": "modelzip.checkpoint",
+    "load_checkpoint": "modelzip.checkpoint",
+    "measure": "modelzip.measure",
+    "profile_model": "modelzip.measure",
+    "measure_latency": "modelzip.measure",
+    "measure_peak_memory": "modelzip.measure",
+    "ModelzipError": "modelzip.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'modelzip' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

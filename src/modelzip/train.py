@@ -1,0 +1,250 @@
+"""Training and evaluation loops, with the plug points compression techniques need.
+
+- ``step_callbacks``: called after every optimizer step (pruning re-applies its masks here);
+- ``extra_loss``: a term added to the task loss (distillation, regularisers);
+- ``epoch_callbacks``: called after every epoch with its metrics (schedules, logging).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from modelzip.data import AUGMENTATIONS, ImageDataset
+from modelzip.errors import ConfigError
+from modelzip.zoo import check_input_shape
+
+__all__ = ["EvalResult", "TrainConfig", "TrainHistory", "evaluate", "fit", "predict_logits"]
+
+StepCallback = Callable[[nn.Module, int], None]
+EpochCallback = Callable[[nn.Module, int, dict[str, float]], None]
+ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run. Validated on creation."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"  # "sgd" | "adamw"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"  # "onecycle" | "cosine" | "constant"
+    warmup_epochs: float = 0.0  # linear warm-up, for "cosine" only
+    label_smoothing: float = 0.0
+    augment: str = "none"  # see modelzip.data.AUGMENTATIONS
+    seed: int = 0
+    channels_last: bool = True  # faster convolutions on CPU; the layout is restored afterwards
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.optimizer in ("sgd", "adamw"),
+             f"optimizer must be sgd or adamw, got {self.optimizer!r}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.schedule in ("onecycle", "cosine", "constant"),
+             f"schedule must be onecycle, cosine or constant, got {self.schedule!r}"),
+            (0 <= self.label_smoothing < 1,
+             f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.augment in AUGMENTATIONS,
+             f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}"),
+            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Classification metrics on a whole split."""
+
+    error_pct: float
+    errors: int
+    total: int
+    loss: float
+
+    @property
+    def accuracy_pct(self) -> float:
+        return 100.0 - self.error_pct
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"test_error_pct": self.error_pct, "errors": self.errors, "total": self.total,
+                "loss": self.loss, "accuracy_pct": self.accuracy_pct}
+
+
+@dataclass
+class TrainHistory:
+    """Per-epoch metrics and the wall time of a ``fit`` call."""
+
+    epochs: list[dict[str, float]]
+    wall_time_s: float
+
+
+def _has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # No weight decay on biases and normalisation parameters (1-D tensors).
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                               nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _make_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig,
+                   total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.25,
+            cycle_momentum=cfg.optimizer == "sgd" and cfg.momentum > 0,
+            base_momentum=max(cfg.momentum - 0.05, 0.0), max_momentum=cfg.momentum)
+    if cfg.schedule == "cosine":
+        warmup = int(cfg.warmup_epochs * total_steps / cfg.epochs)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total_steps - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("acc {task.fields[acc]:.2f}%"),
+        TextColumn("{task.fields[rate]:.0f} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+        disable=not enabled, transient=False,
+    )
+
+
+def fit(
+    model: nn.Module,
+    train_data: ImageDataset,
+    config: TrainConfig | None = None,
+    *,
+    val_data: ImageDataset | None = None,
+    step_callbacks: Sequence[StepCallback] = (),
+    epoch_callbacks: Sequence[EpochCallback] = (),
+    extra_loss: ExtraLoss | None = None,
+    progress: bool = True,
+) -> TrainHistory:
+    """Train ``model`` in place on ``train_data``; returns per-epoch metrics.
+
+    Seeded: the same config, data and initial weights give the same result on one machine.
+    """
+    cfg = config or TrainConfig()
+    check_input_shape(model, train_data.input_shape)
+    torch.manual_seed(cfg.seed)  # dropout
+    gen = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation
+    steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
+    opt = _make_optimizer(model, cfg)
+    sched = _make_schedule(opt, cfg, cfg.epochs * steps_per_epoch)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    channels_last = cfg.channels_last and _has_conv(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    history: list[dict[str, float]] = []
+    step = 0
+    start = time.perf_counter()
+    try:
+        with _progress(progress) as bar:
+            for epoch in range(cfg.epochs):
+                model.train()
+                task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch,
+                                    loss=0.0, acc=0.0, rate=0.0)
+                loss_sum, correct, seen = 0.0, 0, 0
+                t0 = time.perf_counter()
+                for x, y in train_data.batches(cfg.batch_size, shuffle=True, generator=gen,
+                                               augment=cfg.augment):
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    logits = model(x)
+                    loss = criterion(logits, y)
+                    if extra_loss is not None:
+                        loss = loss + extra_loss(model, x, logits, y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    step += 1
+                    for cb in step_callbacks:
+                        cb(model, step)
+                    n = y.shape[0]
+                    loss_sum += float(loss.detach()) * n
+                    correct += int((logits.detach().argmax(1) == y).sum())
+                    seen += n
+                    bar.update(task, advance=1, loss=loss_sum / seen, acc=100.0 * correct / seen,
+                               rate=seen / max(time.perf_counter() - t0, 1e-9))
+                metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen,
+                           "train_acc_pct": 100.0 * correct / seen,
+                           "lr": opt.param_groups[0]["lr"],
+                           "epoch_time_s": time.perf_counter() - t0}
+                if val_data is not None:
+                    val = evaluate(model, val_data)
+                    metrics["val_error_pct"] = val.error_pct
+                    metrics["val_loss"] = val.loss
+                    bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs} "
+                                                 f"val err {val.error_pct:.2f}%")
+                history.append(metrics)
+                for ecb in epoch_callbacks:
+                    ecb(model, epoch + 1, metrics)
+    finally:
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
+        model.eval()
+    return TrainHistory(history, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, data: ImageDataset, batch_size: int = 1000) -> torch.Tensor:
+    """Logits for every image of ``data``, in order, in eval mode."""
+    check_input_shape(model, data.input_shape)
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model(x) for x, _ in data.batches(batch_size)])
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ImageDataset, batch_size: int = 1000) -> EvalResult:
+    """Error % (and count) and mean cross-entropy on the whole of ``data``."""
+    logits = predict_logits(model, data, batch_size)
+    errors = int((logits.argmax(1) != data.labels).sum())
+    loss = float(nn.functional.cross_entropy(logits, data.labels))
+    return EvalResult(error_pct=100.0 * errors / max(len(data), 1), errors=errors,
+                      total=len(data), loss=loss)
