@@ -24,6 +24,7 @@ from modelzip.zoo import build_model, layer_shapes, model_spec
 
 __all__ = [
     "Checkpoint",
+    "check_state",
     "load_checkpoint",
     "load_state",
     "load_weights",
@@ -57,10 +58,17 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _state_bytes(model: nn.Module) -> bytes:
@@ -120,9 +128,9 @@ def load_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], b
                               "corrupt or truncated, save it again") from None
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "") -> None:
-    """Load ``state`` into ``model``, naming the first tensor that is missing, unexpected or of
-    another shape (the sign of a checkpoint for another architecture)."""
+def check_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "") -> None:
+    """Raise CheckpointError naming the first tensor that is missing, unexpected or of another
+    shape (the sign of a checkpoint for another architecture)."""
     where = f"{source}: " if source else ""
     expected = model.state_dict()
     for name, tensor in expected.items():
@@ -137,6 +145,11 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], *, source: st
         if name not in expected:
             raise CheckpointError(f"{where}checkpoint tensor {name!r} does not exist in this "
                                   "model; it was saved from another architecture")
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "") -> None:
+    """Load ``state`` into ``model`` after ``check_state``; the model is untouched on error."""
+    check_state(model, state, source=source)
     model.load_state_dict(state, strict=True)
 
 
@@ -172,9 +185,10 @@ def load_checkpoint(directory: str | os.PathLike[str], model: nn.Module | None =
         model = build_model(info.get("name", "?"), layer_shapes=meta.get("layer_shapes"),
                             **(info.get("kwargs") or {}))
     state, blob = load_state(directory / meta.get("weights_file", WEIGHTS_FILE))
-    load_weights(model, state, source=str(directory))
+    check_state(model, state, source=str(directory))
     if hashlib.sha256(blob).hexdigest() != meta.get("weights_sha256"):
         raise CheckpointError(f"{directory}: {WEIGHTS_FILE} does not match the SHA-256 recorded "
                               f"in {META_FILE}; the weights were changed or damaged after saving")
+    model.load_state_dict(state, strict=True)
     model.eval()
     return Checkpoint(model=model, meta=meta, path=directory)

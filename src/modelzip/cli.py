@@ -63,7 +63,7 @@ def train(
     from modelzip.checkpoint import save_checkpoint
     from modelzip.data import DATASETS, load_dataset
     from modelzip.train import TrainConfig, evaluate, fit
-    from modelzip.zoo import build_model, check_input_shape
+    from modelzip.zoo import build_model, check_input_shape, model_kwargs_for_data
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
                       weight_decay=weight_decay, schedule=schedule,
@@ -71,10 +71,9 @@ def train(
                       augment=augment or (DATASETS[dataset].augment if dataset in DATASETS
                                           else "none"),
                       seed=seed)
-    net = build_model(model, **({"in_channels": 3} if model == "resconcat" and
-                                dataset == "eurosat" else {}))
     train_ds = load_dataset(dataset, "train", data)
     test_ds = load_dataset(dataset, "test", data)
+    net = build_model(model, **model_kwargs_for_data(model, train_ds))
     check_input_shape(net, train_ds.input_shape)
     train_ds = _train_subset(train_ds, limit, seed)
     con = _console()
@@ -180,24 +179,13 @@ def demo(
 
 
 def main() -> None:
-    """Entry point: run the app, turning user errors into one line and exit code 2."""
+    """Entry point: run the app; user errors become one line and exit code 2 (usage errors
+    are reported by typer itself, also with code 2)."""
     try:
-        app(standalone_mode=False)
+        app()
     except ModelzipError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":

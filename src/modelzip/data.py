@@ -434,7 +434,8 @@ def _cached_decode(files: Sequence[Path], image_size: tuple[int, int] | None,
     """Decode once, then reuse a .npy in the cache folder keyed by file names and sizes."""
     h = hashlib.sha256(f"{image_size}|{mode}".encode())
     for f in files:
-        h.update(f"{f.parent.name}/{f.name}:{f.stat().st_size}\n".encode())
+        st = f.stat()
+        h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     path = cache_dir() / "decoded" / f"{h.hexdigest()[:24]}.npy"
     if path.is_file():
         try:
@@ -447,11 +448,14 @@ def _cached_decode(files: Sequence[Path], image_size: tuple[int, int] | None,
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+    except OSError:
+        return arr  # a read-only cache only costs speed
+    try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, arr, allow_pickle=False)
         os.replace(tmp, path)
     except OSError:
-        pass  # a read-only cache only costs speed
+        Path(tmp).unlink(missing_ok=True)
     return arr
 
 
@@ -462,13 +466,14 @@ def load_image_folder(
     test_fraction: float = 0.2,
     seed: int = 0,
     image_size: tuple[int, int] | None = None,
-    mode: str = "RGB",
+    mode: str | None = None,
     name: str | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> ImageDataset:
     """Any folder with one subfolder per class. ``split`` is "all", "train" or "test"
-    (a seeded, stratified split, see module docstring)."""
+    (a seeded, stratified split, see module docstring). ``mode`` is a Pillow mode ("L",
+    "RGB"); by default grayscale images stay one channel and all others become RGB."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder; expected one subfolder of images per class")
@@ -477,6 +482,14 @@ def load_image_folder(
     classes, files, labels = _list_class_folder(folder)
     if not files:
         raise DataError(f"{folder}: no images found; expected one subfolder of images per class")
+    if mode is None:  # grayscale folders stay one channel, anything else becomes RGB
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(files[0]) as im:
+                mode = "L" if im.mode in ("L", "1", "I;16") else "RGB"
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"{files[0]}: cannot decode image ({exc})") from None
     images = _cached_decode(files, image_size, mode)
     sources = [f"{f.parent.name}/{f.name}" for f in files]
     if split != "all":
@@ -543,7 +556,8 @@ def load_dataset(name: str, split: Split = "train", root: str | os.PathLike[str]
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}; choose train or test")
     if name.startswith("folder:"):
-        return load_image_folder(name[len("folder:"):], split)
+        folder = Path(name[len("folder:"):]).expanduser().resolve()
+        return load_image_folder(folder, split, name=f"folder:{folder}")
     if name in ("mnist", "fashion-mnist"):
         return _load_idx_dataset(name, split, root, download)
     if name == "eurosat":

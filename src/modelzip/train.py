@@ -178,6 +178,7 @@ def fit(
         model.to(memory_format=torch.channels_last)
     history: list[dict[str, float]] = []
     step = 0
+    last_lr = cfg.lr
     start = time.perf_counter()
     try:
         with _progress(progress) as bar:
@@ -197,8 +198,10 @@ def fit(
                         loss = loss + extra_loss(model, x, logits, y)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    last_lr = opt.param_groups[0]["lr"]
                     opt.step()
-                    sched.step()
+                    if step + 1 < cfg.epochs * steps_per_epoch:  # no step past the schedule
+                        sched.step()
                     step += 1
                     for cb in step_callbacks:
                         cb(model, step)
@@ -210,7 +213,7 @@ def fit(
                                rate=seen / max(time.perf_counter() - t0, 1e-9))
                 metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen,
                            "train_acc_pct": 100.0 * correct / seen,
-                           "lr": opt.param_groups[0]["lr"],
+                           "lr": last_lr,
                            "epoch_time_s": time.perf_counter() - t0}
                 if val_data is not None:
                     val = evaluate(model, val_data)

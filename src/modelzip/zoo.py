@@ -8,6 +8,7 @@ plus its recorded layer shapes (see ``layer_shapes`` / ``apply_layer_shapes``).
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ __all__ = [
     "check_input_shape",
     "layer_shapes",
     "list_models",
+    "model_kwargs_for_data",
     "register_model",
 ]
 
@@ -72,6 +74,23 @@ def build_model(name: str, *, layer_shapes: dict[str, dict[str, Any]] | None = N
         apply_layer_shapes(model, layer_shapes)
     model.modelzip_spec = ModelSpec(name, dict(kwargs), tuple(shape_fn(**kwargs)))
     return model
+
+
+def model_kwargs_for_data(name: str, data: Any) -> dict[str, Any]:
+    """Arguments that fit a model to a dataset's classes and input shape, for the factory
+    parameters it has (``num_classes``, ``in_channels``, ``image_size``)."""
+    if name not in _REGISTRY:
+        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    params = inspect.signature(_REGISTRY[name][0]).parameters
+    c, h, w = data.input_shape
+    kwargs: dict[str, Any] = {}
+    if "num_classes" in params and data.num_classes != 10:
+        kwargs["num_classes"] = data.num_classes
+    if "in_channels" in params and c != params["in_channels"].default:
+        kwargs["in_channels"] = c
+    if "image_size" in params and h == w and h != params["image_size"].default:
+        kwargs["image_size"] = h
+    return kwargs
 
 
 def model_spec(model: nn.Module) -> ModelSpec:

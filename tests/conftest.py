@@ -1,0 +1,71 @@
+"""Shared fixtures: the real data folder, an isolated cache, no network, cached datasets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from modelzip.data import ImageDataset, load_dataset
+
+# Two cores are shared by two xdist workers: one intra-op thread each avoids oversubscription.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh cache folder per session and no downloads. Set in ``os.environ`` so that
+    CLI subprocesses inherit it; restored at the end of the session."""
+    cache = tmp_path_factory.mktemp("modelzip-cache")
+    saved = {k: os.environ.get(k) for k in ("MODELZIP_CACHE", "MODELZIP_OFFLINE")}
+    os.environ["MODELZIP_CACHE"] = str(cache)
+    os.environ["MODELZIP_OFFLINE"] = "1"
+    yield cache
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    # Decoded EuroSAT arrays take 332 MB; do not leave them in pytest's kept temp folders.
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def data_root(isolated_env: Path) -> Path:
+    """The real data folder ($MODELZIP_DATA). Missing data is a failure, never a skip."""
+    value = os.environ.get("MODELZIP_DATA")
+    if not value:
+        pytest.fail("MODELZIP_DATA is not set; point it at the folder holding mnist/, "
+                    "fashion-mnist/ and eurosat/ (the Makefile sets it to ../shared/data)",
+                    pytrace=False)
+    root = Path(value)
+    if not (root / "mnist").is_dir():
+        pytest.fail(f"MODELZIP_DATA={value} has no mnist/ folder; point it at the folder "
+                    "holding mnist/, fashion-mnist/ and eurosat/", pytrace=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_train(data_root: Path) -> ImageDataset:
+    return load_dataset("mnist", "train", data_root)
+
+
+@pytest.fixture(scope="session")
+def mnist_test(data_root: Path) -> ImageDataset:
+    return load_dataset("mnist", "test", data_root)
+
+
+@pytest.fixture(scope="session")
+def eurosat_train(data_root: Path) -> ImageDataset:
+    # The first load decodes 27,000 JPEGs into the session cache; the test split reuses it.
+    return load_dataset("eurosat", "train", data_root)
+
+
+@pytest.fixture(scope="session")
+def eurosat_test(data_root: Path, eurosat_train: ImageDataset) -> ImageDataset:
+    return load_dataset("eurosat", "test", data_root)
