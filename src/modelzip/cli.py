@@ -136,6 +136,152 @@ def inspect(
     _console().print(render_profile(m, title))
 
 
+def _parse_sets(pairs: list[str] | None) -> dict:
+    """--set key=value pairs; values are read as YAML (numbers, lists, mappings)."""
+    import yaml
+
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ModelzipError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ModelzipError(f"--set {key}: cannot read value {value!r}") from None
+    return out
+
+
+def _context(ckpt, dataset: str | None, data: Path | None, finetune_epochs: int | None,
+             lr: float | None, progress: bool):
+    """Data and fine-tuning settings for compression steps: the checkpoint's dataset, with a
+    seeded 10% of its training split held out for validation."""
+    import dataclasses
+
+    from modelzip.data import DATASETS, load_dataset, train_val_split
+    from modelzip.registry import Context
+    from modelzip.train import TrainConfig
+
+    name = dataset or (ckpt.meta.get("dataset") or {}).get("name")
+    if not name:
+        raise ModelzipError("the checkpoint does not record its dataset; pass --dataset")
+    full_train = load_dataset(name, "train", data)
+    train, val = train_val_split(full_train, 0.1, seed=0)
+    test = load_dataset(name, "test", data)
+    saved = {k: v for k, v in (ckpt.meta.get("training") or {}).items()
+             if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    base = TrainConfig(**saved) if saved else TrainConfig(
+        augment=DATASETS[name].augment if name in DATASETS else "none")
+    # Fine-tuning a trained model: fewer epochs and a smaller learning rate than training.
+    finetune = dataclasses.replace(base, epochs=finetune_epochs or 3,
+                                   lr=lr if lr is not None else base.lr / 10)
+    return Context(train_data=train, val_data=val, test_data=test, finetune=finetune,
+                   progress=progress)
+
+
+def _before_after(before, after, err_before, err_after, title: str):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("", "params", "non-zero", "MACs / sample", "dense fp32 bytes", "test error %"):
+        table.add_column(col, justify="right" if col else "left")
+    for label, prof, err in (("before", before, err_before), ("after", after, err_after)):
+        table.add_row(label, f"{prof.params:,}", f"{prof.nonzero:,}", f"{prof.total_macs:,}",
+                      f"{prof.dense_bytes:,}", f"{err.error_pct:.2f} ({err.errors})")
+    table.add_row("ratio", f"{before.params / max(after.params, 1):.2f}x",
+                  f"{before.nonzero / max(after.nonzero, 1):.2f}x",
+                  f"{before.total_macs / max(after.total_macs, 1):.2f}x",
+                  f"{before.dense_bytes / max(after.dense_bytes, 1):.2f}x",
+                  f"{err_after.error_pct - err_before.error_pct:+.2f} points")
+    return table
+
+
+def _run_steps(checkpoint: Path, out: Path, steps, finetune_defaults: dict, *,
+               dataset: str | None, data: Path | None, finetune_epochs: int | None,
+               lr: float | None, progress: bool, recipe_name: str) -> None:
+    from modelzip.checkpoint import load_checkpoint, save_checkpoint
+    from modelzip.measure import profile_model
+    from modelzip.recipe import Recipe, run_recipe
+    from modelzip.train import evaluate
+
+    ckpt = load_checkpoint(checkpoint)
+    ctx = _context(ckpt, dataset, data, finetune_epochs, lr, progress)
+    recipe = Recipe(recipe_name, tuple(steps), finetune_defaults)
+    model = ckpt.model
+    before, err_before = profile_model(model), evaluate(model, ctx.test_data)
+    model = run_recipe(model, recipe, ctx)
+    after, err_after = profile_model(model), evaluate(model, ctx.test_data)
+    save_checkpoint(model, out, dataset=ckpt.meta.get("dataset"),
+                    training=ckpt.meta.get("training"), metrics=err_after.to_dict(),
+                    extra={"compression": {"source": str(checkpoint),
+                                           "recipe": recipe.to_dict(),
+                                           "records": ctx.records,
+                                           "before": {"test_error_pct": err_before.error_pct,
+                                                      **before.to_dict()}}})
+    _console().print(_before_after(before, after, err_before, err_after,
+                                   f"{ckpt.meta['model']['name']}: {recipe_name}"))
+    _console().print(f"saved {out}")
+
+
+@app.command()
+def prune(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="checkpoint folder to write")],
+    method: Annotated[str, typer.Option(help="a pruning technique: magnitude, "
+                                             "iterative-magnitude, agp, l1-filter, "
+                                             "drop-bound")] = "magnitude",
+    sets: Annotated[list[str] | None, typer.Option("--set", help="technique option "
+                                                   "KEY=VALUE (repeatable), e.g. "
+                                                   "--set sparsity=0.9")] = None,
+    finetune_epochs: Annotated[int, typer.Option(help="fine-tuning epochs after pruning "
+                                                      "(0: none)")] = 3,
+    lr: Annotated[float | None, typer.Option(help="fine-tuning learning rate (default: "
+                                                  "a tenth of the training one)")] = None,
+    dataset: Annotated[str | None, typer.Option(help="default: the checkpoint's")] = None,
+    data: Annotated[Path | None, typer.Option(help="folder holding the dataset")] = None,
+    progress: bool = True,
+) -> None:
+    """Prune a checkpoint, fine-tune it, print the before/after table and save it."""
+    from modelzip.registry import config_from_dict
+
+    steps = [(method, config_from_dict(method, _parse_sets(sets)))]
+    if finetune_epochs > 0:
+        steps.append(("finetune", config_from_dict("finetune", {"epochs": finetune_epochs})))
+    _run_steps(checkpoint, out, steps, {}, dataset=dataset, data=data,
+               finetune_epochs=finetune_epochs or None, lr=lr, progress=progress,
+               recipe_name=f"prune --method {method}")
+
+
+@app.command()
+def compress(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder")],
+    recipe: Annotated[Path, typer.Option(help="YAML recipe (see recipes/)")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="checkpoint folder to write")],
+    dataset: Annotated[str | None, typer.Option(help="default: the checkpoint's")] = None,
+    data: Annotated[Path | None, typer.Option(help="folder holding the dataset")] = None,
+    progress: bool = True,
+) -> None:
+    """Run a YAML recipe of compression steps on a checkpoint and save the result."""
+    from modelzip.recipe import load_recipe
+
+    rec = load_recipe(recipe)
+    _run_steps(checkpoint, out, list(rec.steps), rec.finetune, dataset=dataset, data=data,
+               finetune_epochs=None, lr=None, progress=progress, recipe_name=rec.name)
+
+
+@app.command()
+def techniques() -> None:
+    """List the registered techniques and their options."""
+    import dataclasses
+
+    from modelzip.registry import get_technique, list_techniques
+
+    for name in list_techniques():
+        tech = get_technique(name)
+        opts = ", ".join(f.name for f in dataclasses.fields(tech.config_cls))
+        _console().print(f"[bold]{name}[/]: {tech.summary}\n    options: {opts}")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("-o", "--out", help="where to save the checkpoint")

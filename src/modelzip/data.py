@@ -46,6 +46,7 @@ __all__ = [
     "load_image_folder",
     "read_idx",
     "stratified_split",
+    "train_val_split",
 ]
 
 Split = str  # "train" | "test"
@@ -544,6 +545,15 @@ def _load_mnist_sample(split: Split) -> ImageDataset:
     return ImageDataset(torch.from_numpy(images[keep].copy()), torch.from_numpy(labels[keep]),
                         name="mnist-sample", split=split, classes=[str(i) for i in range(10)],
                         mean=info.mean, std=info.std)
+
+
+def train_val_split(data: ImageDataset, val_fraction: float = 0.1, seed: int = 0
+                    ) -> tuple[ImageDataset, ImageDataset]:
+    """Hold out a seeded, stratified ``val_fraction`` of a training split for validation:
+    choices made on accuracy (pruning ratios, search) use it, never the test split."""
+    train_idx, val_idx = stratified_split(data.labels.numpy(), val_fraction, seed)
+    return (data.subset(torch.from_numpy(train_idx), split=f"{data.split}-train"),
+            data.subset(torch.from_numpy(val_idx), split=f"{data.split}-val"))
 
 
 def load_dataset(name: str, split: Split = "train", root: str | os.PathLike[str] | None = None,

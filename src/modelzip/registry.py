@@ -125,6 +125,8 @@ def _coerce(value: Any, annotation: Any, key: str, technique: str) -> Any:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None:
             return None
+        if len(args) == 1:  # Optional[X]: X's own message is the clearest
+            return _coerce(value, args[0], key, technique)
         for arg in args:
             try:
                 return _coerce(value, arg, key, technique)

@@ -1,0 +1,128 @@
+"""Recipes: a validated list of technique steps, in YAML.
+
+    name: prune-lenet300
+    finetune: {epochs: 4, lr: 0.01, weight_decay: 1.0e-4}   # defaults for fine-tuning steps
+    steps:
+      - magnitude: {sparsity: 0.9}
+      - finetune: {epochs: 3}
+
+Each step names one registered technique (see ``modelzip.registry``) and its options; unknown
+techniques, unknown options and values of the wrong type are reported with the step number.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from torch import nn
+
+from modelzip.errors import ConfigError
+from modelzip.registry import Context, apply_technique, config_from_dict
+
+__all__ = ["Recipe", "load_recipe", "run_recipe"]
+
+
+class _RecipeFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "recipe"
+    description: str = ""
+    finetune: dict[str, Any] = {}
+    steps: list[dict[str, dict[str, Any] | None]]
+
+    @field_validator("steps")
+    @classmethod
+    def _one_technique_per_step(cls, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not steps:
+            raise ValueError("a recipe needs at least one step")
+        for i, step in enumerate(steps, 1):
+            if len(step) != 1:
+                raise ValueError(f"step {i} must name exactly one technique, got "
+                                 f"{', '.join(step) or 'none'}")
+        return steps
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named list of (technique name, config) steps plus fine-tuning defaults."""
+
+    name: str
+    steps: tuple[tuple[str, Any], ...]
+    finetune: dict[str, Any]
+    description: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "recipe") -> Recipe:
+        try:
+            parsed = _RecipeFile.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"{source}: {where or 'recipe'}: {first['msg']}") from None
+        steps = []
+        for i, step in enumerate(parsed.steps, 1):
+            (name, options), = step.items()
+            try:
+                steps.append((name, config_from_dict(name, options or {})))
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: step {i}: {exc}") from None
+        from modelzip.finetune import FinetuneConfig
+
+        try:
+            config_from_dict("finetune", parsed.finetune)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: finetune defaults: {exc}") from None
+        del FinetuneConfig
+        return cls(parsed.name, tuple(steps), dict(parsed.finetune), parsed.description)
+
+    def to_dict(self) -> dict[str, Any]:
+        import dataclasses
+
+        def plain(config: Any) -> dict[str, Any]:
+            out = {}
+            for f in dataclasses.fields(config):
+                value = getattr(config, f.name)
+                if value != f.default:
+                    out[f.name] = list(value) if isinstance(value, tuple) else value
+            return out
+
+        return {"name": self.name, "description": self.description, "finetune": self.finetune,
+                "steps": [{name: plain(cfg)} for name, cfg in self.steps]}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def load_recipe(path: str | os.PathLike[str]) -> Recipe:
+    """Read and validate a YAML recipe (safe loader only)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: recipe file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping with a 'steps' list")
+    return Recipe.from_dict(data, source=str(path))
+
+
+def run_recipe(model: nn.Module, recipe: Recipe, ctx: Context) -> nn.Module:
+    """Apply every step in order; the context carries data, fine-tuning defaults and masks."""
+    from modelzip.finetune import FinetuneConfig
+
+    if recipe.finetune:
+        base = config_from_dict("finetune", recipe.finetune)
+        assert isinstance(base, FinetuneConfig)
+        ctx.finetune = base.merged(ctx.finetune)
+    for i, (name, config) in enumerate(recipe.steps, 1):
+        ctx.log(f"[bold]step {i}/{len(recipe.steps)}: {name}")
+        model = apply_technique(model, config, ctx)
+    return model
