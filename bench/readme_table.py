@@ -42,8 +42,35 @@ def _baselines(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _sparse_timing(doc: dict[str, Any]) -> str:
+    lines = [
+        "### Sparse (CSR) vs dense Linear on this CPU (`bench/sparse_timing.py`)",
+        "",
+        f"{doc['description']}. Median of {doc['models'][0]['runs']} runs each; speedup = "
+        f"dense median / CSR median, measured in the same run. Generated "
+        f"{doc['generated_utc']}.",
+        "",
+        "| layer | batch | " + " | ".join(f"{s:.0%} sparse" for s in
+                                         sorted({r['sparsity'] for r in doc['models']}))
+        + " |",
+    ]
+    sparsities = sorted({r["sparsity"] for r in doc["models"]})
+    lines.append("|---|---:|" + "---:|" * len(sparsities))
+    keys = sorted({(r["layer_shape"], r["batch_size"]) for r in doc["models"]},
+                  key=lambda k: (k[0], k[1]))
+    for shape, batch in keys:
+        cells = []
+        for sp in sparsities:
+            row = next(r for r in doc["models"] if r["layer_shape"] == shape
+                       and r["batch_size"] == batch and r["sparsity"] == sp)
+            cells.append(f"{row['csr_speedup_vs_dense']:.2f}x")
+        lines.append(f"| {shape} | {batch} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "baselines.json": _baselines,
+    "sparse_timing.json": _sparse_timing,
 }
 
 
