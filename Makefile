@@ -5,8 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modelzip-installed
 # Real data for tests and benchmarks, if it lies beside the checkout.
-MODELZIP_DATA ?= $(abspath ../shared/data)
+ifeq ($(origin MODELZIP_DATA), undefined)
+ifneq ($(wildcard ../shared/data/mnist),)
+MODELZIP_DATA := $(abspath ../shared/data)
 export MODELZIP_DATA
+endif
+endif
 
 .PHONY: demo test lint bench-baselines readme-table clean
 
