@@ -270,6 +270,56 @@ def compress(
 
 
 @app.command()
+def sensitivity(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="folder for the JSON and PNG")
+                   ] = Path("runs/sensitivity"),
+    kind: Annotated[str, typer.Option(help="magnitude, channels or both")] = "both",
+    dataset: Annotated[str | None, typer.Option(help="default: the checkpoint's")] = None,
+    data: Annotated[Path | None, typer.Option(help="folder holding the dataset")] = None,
+    images: Annotated[int, typer.Option(help="validation images used (seeded subset of "
+                                             "the held-out 10%)")] = 2000,
+) -> None:
+    """Per-layer accuracy vs sparsity (unstructured) and vs channels removed (structured),
+    without fine-tuning, on held-out validation images; writes JSON and a PNG plot."""
+    import torch
+
+    from modelzip.checkpoint import load_checkpoint
+    from modelzip.prune.sensitivity import (
+        channel_sensitivity,
+        magnitude_sensitivity,
+        plot_sensitivity,
+    )
+
+    if kind not in ("magnitude", "channels", "both"):
+        raise ModelzipError(f"--kind must be magnitude, channels or both, got {kind!r}")
+    ckpt = load_checkpoint(checkpoint)
+    ctx = _context(ckpt, dataset, data, None, None, progress=False)
+    val = ctx.val_data
+    if images < len(val):
+        idx = torch.randperm(len(val), generator=torch.Generator().manual_seed(0))[:images]
+        val = val.subset(idx.sort().values)
+    con = _console()
+    curves = []
+    if kind in ("magnitude", "both"):
+        curves.append(magnitude_sensitivity(ckpt.model, val, progress=con.print))
+    if kind in ("channels", "both"):
+        try:
+            curves.append(channel_sensitivity(ckpt.model, val, progress=con.print))
+        except ModelzipError as exc:
+            if kind == "channels":
+                raise
+            con.print(f"[yellow]no channel sensitivity: {exc}")
+    name = ckpt.meta["model"]["name"]
+    for c in curves:
+        c.save_json(out / f"sensitivity_{name}_{c.kind}.json")
+    png = plot_sensitivity(curves, out / f"sensitivity_{name}.png",
+                           title=f"{name}: sensitivity to pruning")
+    con.print(f"wrote {', '.join(str(out / f'sensitivity_{name}_{c.kind}.json') for c in curves)}"
+              f" and {png}")
+
+
+@app.command()
 def techniques() -> None:
     """List the registered techniques and their options."""
     import dataclasses

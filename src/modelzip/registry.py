@@ -49,7 +49,7 @@ class Context:
     def log(self, message: str) -> None:
         from rich.console import Console
 
-        Console(stderr=True).print(message)
+        Console().print(message)  # stdout: stderr is kept for the one-line error
 
     def require(self, what: str, technique: str) -> Any:
         value = getattr(self, what)

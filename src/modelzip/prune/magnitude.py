@@ -1,0 +1,639 @@
+"""Unstructured magnitude pruning, one-shot or with retraining.
+
+Techniques (see each config):
+
+- ``magnitude``: remove the smallest weights once: Han et al.'s threshold (quality x std of
+  the layer), an exact sparsity per layer, or one sparsity over all layers (global ranking);
+- ``iterative-magnitude``: Han et al. 2015, "Learning both Weights and Connections": N rounds
+  of prune -> retrain with L2, optionally with their dropout adjustment;
+- ``agp``: Zhu & Gupta 2017, automated gradual pruning: the sparsity rises along a cubic curve
+  every k optimizer steps while the network trains, then a fine-tune at the final sparsity.
+
+All of them only ever shrink masks (a pruned weight stays pruned), keep the masks in
+``ctx.masks`` so that later fine-tuning keeps them, and never touch biases. The mask math is
+in the plain tensor functions at the top; the module surgery is below them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from modelzip.errors import ConfigError
+from modelzip.prune.masks import MaskKeeper, apply_masks, prunable_weights
+from modelzip.prune.schedules import (
+    ROUND_SCHEDULES,
+    agp_prune_steps,
+    agp_sparsity,
+    check_sparsity,
+    han_dropout,
+    round_sparsities,
+)
+from modelzip.registry import Context, register_technique
+from modelzip.train import TrainConfig, evaluate, fit
+
+__all__ = [
+    "AGPConfig",
+    "IterativeMagnitudeConfig",
+    "MagnitudePruneConfig",
+    "RetrainSettings",
+    "agp_prune",
+    "global_sparsity_masks",
+    "iterative_magnitude_prune",
+    "magnitude_prune",
+    "n_pruned",
+    "prune_threshold",
+    "quality_threshold",
+    "sparsity_mask",
+    "threshold_mask",
+]
+
+
+# ============================================================================ mask math
+def n_pruned(n: int, sparsity: float) -> int:
+    """How many of ``n`` weights a sparsity removes: round(sparsity * n), Python's rounding
+    (half to even), as ``torch.nn.utils.prune`` does."""
+    return round(check_sparsity(sparsity) * n)
+
+
+def quality_threshold(weight: torch.Tensor, quality: float) -> float:
+    """Han et al. 2015: threshold = quality x the standard deviation of the layer's weights
+    (the sample std, n - 1 in the denominator, over every entry of the tensor, zeros of
+    earlier pruning included). Computed in float64."""
+    if not math.isfinite(quality) or quality < 0:
+        raise ConfigError(f"quality must be a number >= 0, got {quality!r}")
+    if weight.numel() < 2:
+        raise ConfigError(f"the std of a tensor of {weight.numel()} element(s) is undefined")
+    return float(quality * weight.detach().double().std())
+
+
+def threshold_mask(weight: torch.Tensor, threshold: float,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep the weights with |w| > threshold that ``mask`` (if given) still keeps."""
+    keep = weight.detach().abs().double() > threshold
+    return keep & mask.to(keep.device) if mask is not None else keep
+
+
+def _keep_all_but_lowest(magnitudes: torch.Tensor, pruned: torch.Tensor, k: int) -> torch.Tensor:
+    # Already-pruned entries sort first (key -1 < any |w|) so they stay pruned; a stable sort
+    # breaks ties among equal magnitudes by position, so the result is deterministic.
+    key = torch.where(pruned, torch.full_like(magnitudes, -1.0), magnitudes)
+    k = max(k, int(pruned.sum()))
+    order = torch.sort(key, stable=True).indices
+    keep = torch.ones_like(pruned)
+    keep[order[:k]] = False
+    return keep
+
+
+def sparsity_mask(weight: torch.Tensor, sparsity: float,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep all but the round(sparsity * n) smallest |w|: exactly that many zeros, ties
+    broken by position (lower flat index pruned first). Entries ``mask`` already prunes
+    stay pruned and count towards the zeros; if they are more than requested the result is
+    ``mask`` itself (masks only shrink)."""
+    w = weight.detach()
+    pruned = (~mask.to(w.device).flatten() if mask is not None
+              else torch.zeros(w.numel(), dtype=torch.bool, device=w.device))
+    keep = _keep_all_but_lowest(w.abs().double().flatten(), pruned, n_pruned(w.numel(), sparsity))
+    return keep.view(w.shape)
+
+
+def global_sparsity_masks(weights: Mapping[str, torch.Tensor], sparsity: float,
+                          masks: Mapping[str, torch.Tensor] | None = None
+                          ) -> dict[str, torch.Tensor]:
+    """One magnitude ranking over all ``weights``: exactly round(sparsity * total) zeros
+    across them, ties broken by (order of ``weights``, position). Each layer ends up with the
+    sparsity its magnitudes earn. Entries ``masks`` already prunes stay pruned."""
+    masks = masks or {}
+    names = list(weights)
+    if not names:
+        return {}
+    mags, pruned = [], []
+    for name in names:
+        w = weights[name].detach()
+        mags.append(w.abs().double().flatten())
+        pruned.append(~masks[name].to(w.device).flatten() if name in masks
+                      else torch.zeros(w.numel(), dtype=torch.bool, device=w.device))
+    total = sum(m.numel() for m in mags)
+    keep = _keep_all_but_lowest(torch.cat(mags), torch.cat(pruned), n_pruned(total, sparsity))
+    out, start = {}, 0
+    for name in names:
+        n = weights[name].numel()
+        out[name] = keep[start:start + n].view(weights[name].shape).clone()
+        start += n
+    return out
+
+
+def prune_threshold(weight: torch.Tensor, mask: torch.Tensor) -> float:
+    """The magnitude cut a mask made: the largest |w| among the weights it removes (0.0 if
+    none). Weights below it are all pruned, weights above it all kept."""
+    pruned = ~mask.to(weight.device)
+    if not bool(pruned.any()):
+        return 0.0
+    return float(weight.detach().abs()[pruned].max())
+
+
+# ============================================================================ configs
+def _check_targets(technique: str, sparsity: Any, global_sparsity: Any,
+                   quality: Any = None, *, with_quality: bool = True) -> None:
+    """Exactly one pruning target, each value in range."""
+    modes = ["sparsity", "global_sparsity", *(["quality"] if with_quality else [])]
+    values = {"sparsity": sparsity, "global_sparsity": global_sparsity, "quality": quality}
+    given = [m for m in modes if values[m] is not None]
+    if len(given) != 1:
+        raise ConfigError(f"{technique}: give exactly one of {', '.join(modes)}; got "
+                          f"{' and '.join(given) if given else 'none'}")
+    if isinstance(sparsity, Mapping):
+        if not sparsity:
+            raise ConfigError(f"{technique}: the sparsity mapping is empty; name at least one "
+                              "layer")
+        for name, value in sparsity.items():
+            check_sparsity(value, f"{technique}: sparsity of layer {name!r}")
+    elif sparsity is not None:
+        check_sparsity(sparsity, f"{technique}: sparsity")
+    if global_sparsity is not None:
+        check_sparsity(global_sparsity, f"{technique}: global_sparsity")
+    if quality is not None and (isinstance(quality, bool) or not isinstance(quality, int | float)
+                                or not math.isfinite(quality) or quality < 0):
+        raise ConfigError(f"{technique}: quality must be a number >= 0, got {quality!r}")
+
+
+def _normalise_layers(config: Any, technique: str) -> None:
+    # Frozen dataclass: fix up fields through object.__setattr__.
+    layers = config.layers
+    if isinstance(layers, str):
+        layers = (layers,)
+    if layers is not None:
+        layers = tuple(layers)
+        if not layers:
+            raise ConfigError(f"{technique}: layers is empty; leave it out to prune every "
+                              "Linear and Conv weight")
+        if isinstance(config.sparsity, dict):
+            raise ConfigError(f"{technique}: give either layers or a per-layer sparsity "
+                              "mapping, not both (the mapping names the layers)")
+    object.__setattr__(config, "layers", layers)
+    if isinstance(config.sparsity, Mapping):
+        object.__setattr__(config, "sparsity", dict(config.sparsity))
+
+
+@dataclass(frozen=True)
+class MagnitudePruneConfig:
+    """One-shot magnitude pruning. Give exactly one target:
+
+    - ``sparsity``: fraction of each layer's weights to remove, exactly round(s * n); one
+      number for all layers or a mapping layer name -> sparsity;
+    - ``global_sparsity``: fraction of all chosen weights, ranked together by magnitude;
+    - ``quality``: Han et al.'s threshold, quality x std of each layer's weights.
+
+    ``layers``: layer (module) names to prune; default every Linear and Conv weight. Biases
+    are never pruned; weights pruned before stay pruned."""
+
+    sparsity: float | dict[str, float] | None = None
+    global_sparsity: float | None = None
+    quality: float | None = None
+    layers: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _check_targets("magnitude", self.sparsity, self.global_sparsity, self.quality)
+        _normalise_layers(self, "magnitude")
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    """Overrides of the context's fine-tuning TrainConfig for retraining (None keeps it)."""
+
+    lr: float | None = None
+    weight_decay: float | None = None  # L2 on weights during retraining, as Han et al.
+    batch_size: int | None = None
+    momentum: float | None = None
+    optimizer: str | None = None
+    lr_schedule: str | None = None
+    augment: str | None = None
+    seed: int | None = None
+
+    def _overrides(self) -> dict[str, Any]:
+        names = ("lr", "weight_decay", "batch_size", "momentum", "optimizer", "augment", "seed")
+        out = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+        if self.lr_schedule is not None:
+            out["schedule"] = self.lr_schedule
+        return out
+
+    def train_config(self, base: TrainConfig | None, epochs: int) -> TrainConfig:
+        return dataclasses.replace(base or TrainConfig(), **self._overrides(), epochs=epochs)
+
+    def _check_training(self, technique: str, epochs: int) -> None:
+        try:
+            TrainConfig(**self._overrides(), epochs=max(epochs, 1))
+        except ConfigError as exc:
+            raise ConfigError(f"{technique}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class IterativeMagnitudeConfig(RetrainSettings):
+    """Han et al. 2015: ``rounds`` of (prune to the round's target -> retrain ``epochs``),
+    the targets rising along ``sparsity_schedule`` (linear | geometric | cubic) to the final
+    ``sparsity`` (per layer: a number or a mapping layer -> sparsity) or ``global_sparsity``.
+    ``final_epochs`` retrains the last round longer (None: ``epochs``). ``scale_dropout``
+    sets each Dropout's rate by Han's D_r = D_o sqrt(C_r / C_o), C the connections of the
+    layer whose outputs it drops."""
+
+    sparsity: float | dict[str, float] | None = None
+    global_sparsity: float | None = None
+    rounds: int = 3
+    sparsity_schedule: str = "geometric"
+    epochs: int = 2
+    final_epochs: int | None = None
+    scale_dropout: bool = False
+    layers: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        name = "iterative-magnitude"
+        _check_targets(name, self.sparsity, self.global_sparsity, with_quality=False)
+        _normalise_layers(self, name)
+        if self.rounds < 1:
+            raise ConfigError(f"{name}: rounds must be >= 1, got {self.rounds}")
+        if self.sparsity_schedule not in ROUND_SCHEDULES:
+            raise ConfigError(f"{name}: sparsity_schedule must be one of "
+                              f"{', '.join(ROUND_SCHEDULES)}, got {self.sparsity_schedule!r}")
+        if self.epochs < 1:
+            raise ConfigError(f"{name}: epochs (per round) must be >= 1, got {self.epochs}")
+        if self.final_epochs is not None and self.final_epochs < 1:
+            raise ConfigError(f"{name}: final_epochs must be >= 1, got {self.final_epochs}")
+        self._check_training(name, self.epochs)
+
+
+@dataclass(frozen=True)
+class AGPConfig(RetrainSettings):
+    """Zhu & Gupta 2017: train ``epochs`` while the sparsity rises from
+    ``initial_sparsity`` to the final ``sparsity`` (per layer) or ``global_sparsity`` along
+    s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3, raised every ``prune_every`` (dt)
+    optimizer steps from ``start_step`` (t0) for ``n_prunes`` (n; None: as many as fit in
+    the epochs); then ``final_epochs`` of fine-tuning at the final sparsity."""
+
+    sparsity: float | dict[str, float] | None = None
+    global_sparsity: float | None = None
+    initial_sparsity: float = 0.0
+    epochs: int = 4
+    prune_every: int = 100
+    start_step: int = 0
+    n_prunes: int | None = None
+    final_epochs: int = 1
+    layers: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        name = "agp"
+        _check_targets(name, self.sparsity, self.global_sparsity, with_quality=False)
+        _normalise_layers(self, name)
+        check_sparsity(self.initial_sparsity, f"{name}: initial_sparsity")
+        finals = (list(self.sparsity.values()) if isinstance(self.sparsity, dict)
+                  else [self.sparsity if self.sparsity is not None else self.global_sparsity])
+        if any(self.initial_sparsity > s for s in finals):
+            raise ConfigError(f"{name}: initial_sparsity {self.initial_sparsity} is above the "
+                              f"final sparsity {min(finals)}")
+        if self.epochs < 1:
+            raise ConfigError(f"{name}: epochs must be >= 1, got {self.epochs}")
+        if self.final_epochs < 0:
+            raise ConfigError(f"{name}: final_epochs must be >= 0, got {self.final_epochs}")
+        if self.prune_every < 1:
+            raise ConfigError(f"{name}: prune_every must be >= 1 step, got {self.prune_every}")
+        if self.start_step < 0:
+            raise ConfigError(f"{name}: start_step must be >= 0, got {self.start_step}")
+        if self.n_prunes is not None and self.n_prunes < 0:
+            raise ConfigError(f"{name}: n_prunes must be >= 0, got {self.n_prunes}")
+        self._check_training(name, self.epochs)
+
+
+# ============================================================================ module surgery
+def _layer_of(param_name: str) -> str:
+    return param_name.rpartition(".")[0]
+
+
+def _resolve(model: nn.Module, names: Iterable[str], technique: str, ctx: Context
+             ) -> dict[str, str]:
+    """Map each requested name (a layer like "fc1", or its weight "fc1.weight") to the
+    parameter name of its prunable weight. Unknown names raise ConfigError listing the
+    valid ones; names that exist but cannot be pruned are logged and skipped."""
+    prunable = prunable_weights(model)
+    modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
+    chosen: dict[str, str] = {}
+    skipped: list[str] = []
+    unknown: list[str] = []
+    for name in names:
+        if name in prunable:
+            chosen[name] = name
+        elif f"{name}.weight" in prunable:
+            chosen[name] = f"{name}.weight"
+        elif name in params:
+            why = "a bias; biases are never pruned" if name.endswith("bias") else \
+                "not the weight of a Linear or Conv layer"
+            skipped.append(f"{name} ({why})")
+        elif name in modules:
+            skipped.append(f"{name} ({type(modules[name]).__name__}: no Linear or Conv weight)")
+        else:
+            unknown.append(name)
+    if unknown:
+        valid = ", ".join(_layer_of(p) or p for p in prunable)
+        raise ConfigError(f"{technique}: no layer named {', '.join(map(repr, unknown))} in this "
+                          f"model; prunable layers: {valid}")
+    if skipped:
+        ctx.log(f"{technique}: skipping {len(skipped)} layer(s) that cannot be pruned: "
+                f"{'; '.join(skipped)}")
+    if not chosen:
+        raise ConfigError(f"{technique}: none of the named layers can be pruned; prunable "
+                          f"layers: {', '.join(_layer_of(p) or p for p in prunable)}")
+    return chosen
+
+
+@dataclass
+class _Plan:
+    """Which weights a technique prunes and to what final target (resolved on the model)."""
+
+    technique: str
+    model: nn.Module
+    weights: dict[str, nn.Parameter]  # parameter name -> weight, in model order
+    per_layer: dict[str, float] | None = None  # parameter name -> final sparsity
+    global_sparsity: float | None = None
+    quality: float | None = None
+
+    @property
+    def mode(self) -> str:
+        if self.quality is not None:
+            return "quality"
+        return "global_sparsity" if self.global_sparsity is not None else "sparsity"
+
+    def target(self) -> Any:
+        if self.per_layer is not None:
+            return {_layer_of(p) or p: s for p, s in self.per_layer.items()}
+        return self.global_sparsity if self.global_sparsity is not None else self.quality
+
+    def scaled(self, at: Callable[[float], float]) -> _Plan:
+        """The same layers with every final sparsity s replaced by ``at(s)``."""
+        return dataclasses.replace(
+            self,
+            per_layer=None if self.per_layer is None else
+            {p: at(s) for p, s in self.per_layer.items()},
+            global_sparsity=None if self.global_sparsity is None else at(self.global_sparsity))
+
+
+def _make_plan(model: nn.Module, technique: str, config: Any, ctx: Context) -> _Plan:
+    prunable = prunable_weights(model)
+    sparsity = config.sparsity
+    if isinstance(sparsity, dict):
+        resolved = _resolve(model, sparsity, technique, ctx)
+        per_layer = {p: float(sparsity[n]) for n, p in resolved.items()}
+        names = [p for p in prunable if p in per_layer]  # model order
+    else:
+        names = (list(prunable) if config.layers is None
+                 else list(dict.fromkeys(_resolve(model, config.layers, technique, ctx).values())))
+        per_layer = None if sparsity is None else dict.fromkeys(names, float(sparsity))
+        if config.layers is None:
+            pruned_layers = {_layer_of(p) for p in prunable}
+            others = [f"{n} ({type(m).__name__})" for n, m in model.named_modules()
+                      if n not in pruned_layers and any(True for _ in m.parameters(recurse=False))]
+            if others:
+                ctx.log(f"{technique}: not pruned (only Linear and Conv weights are): "
+                        f"{', '.join(others)}")
+    quality = getattr(config, "quality", None)
+    if quality is not None:  # a std needs two values
+        tiny = [p for p in names if prunable[p].numel() < 2]
+        if tiny:
+            ctx.log(f"{technique}: skipping layer(s) with fewer than 2 weights (no std for the "
+                    f"quality threshold): {', '.join(tiny)}")
+            names = [p for p in names if p not in tiny]
+    if not names:
+        raise ConfigError(f"{technique}: this model has no Linear or Conv weight to prune")
+    return _Plan(technique, model, {p: prunable[p] for p in names}, per_layer=per_layer,
+                 global_sparsity=config.global_sparsity, quality=quality)
+
+
+def _prune(plan: _Plan, masks: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """Prune ``plan``'s weights to its current target, merging with (and updating) ``masks``;
+    zero the pruned weights. Returns one record per layer."""
+    weights = plan.weights
+    thresholds: dict[str, float] = {}
+    if plan.quality is not None:
+        new = {}
+        for p, w in weights.items():
+            thresholds[p] = quality_threshold(w, plan.quality)
+            new[p] = threshold_mask(w, thresholds[p], masks.get(p))
+    elif plan.global_sparsity is not None:
+        new = global_sparsity_masks(weights, plan.global_sparsity, masks)
+    else:
+        assert plan.per_layer is not None
+        new = {p: sparsity_mask(w, plan.per_layer[p], masks.get(p)) for p, w in weights.items()}
+    records = []
+    for p, w in weights.items():
+        keep = new[p].to(w.device)
+        threshold = thresholds.get(p, prune_threshold(w, keep))
+        masks[p] = keep
+        kept = int(keep.sum())
+        records.append({"layer": _layer_of(p) or p, "param": p, "params": w.numel(),
+                        "kept": kept, "sparsity": 1.0 - kept / w.numel(),
+                        "threshold": threshold})
+    apply_masks(plan.model, {p: masks[p] for p in weights})
+    return records
+
+
+def _summary(technique: str, records: list[dict[str, Any]]) -> str:
+    total = sum(r["params"] for r in records)
+    kept = sum(r["kept"] for r in records)
+    per = ", ".join(f"{r['layer']} {100.0 * r['kept'] / r['params']:.1f}%" for r in records)
+    return (f"{technique}: kept {per}; {kept:,} of {total:,} weights "
+            f"({total / max(kept, 1):.1f}x fewer)")
+
+
+@register_technique("magnitude", MagnitudePruneConfig)
+def magnitude_prune(model: nn.Module, config: MagnitudePruneConfig, ctx: Context) -> nn.Module:
+    """Remove the smallest-magnitude weights once (per layer, global, or Han's threshold)."""
+    plan = _make_plan(model, "magnitude", config, ctx)
+    layers = _prune(plan, ctx.masks)
+    ctx.records.append({"step": "magnitude", "mode": plan.mode, "target": plan.target(),
+                        "layers": layers})
+    if ctx.progress:
+        ctx.log(_summary("magnitude", layers))
+    return model
+
+
+# ---------------------------------------------------------------------------- dropout (Han)
+_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+
+def _execution_order(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Names of the leaf modules in the order one forward pass calls them."""
+    order: list[str] = []
+    handles = [m.register_forward_hook(lambda *_, n=n: order.append(n))
+               for n, m in model.named_modules() if not any(True for _ in m.children())]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return order
+
+
+def _dropout_layers(model: nn.Module, example: torch.Tensor, weights: Mapping[str, Any],
+                    technique: str, ctx: Context) -> dict[str, str]:
+    """Dropout module name -> parameter name of the pruned layer whose outputs it drops (the
+    last pruned Linear/Conv called before it, as Caffe's drop6 follows fc6)."""
+    modules = dict(model.named_modules())
+    out: dict[str, str] = {}
+    last: str | None = None
+    unmatched = []
+    for name in _execution_order(model, example):
+        if f"{name}.weight" in weights or (not name and "weight" in weights):
+            last = f"{name}.weight" if name else "weight"
+        elif isinstance(modules[name], _DROPOUTS):
+            if last is None:
+                unmatched.append(name)
+            else:
+                out[name] = last
+    if unmatched:
+        ctx.log(f"{technique}: dropout not scaled (no pruned layer before it): "
+                f"{', '.join(unmatched)}")
+    return out
+
+
+# ---------------------------------------------------------------------------- retraining
+@register_technique("iterative-magnitude", IterativeMagnitudeConfig)
+def iterative_magnitude_prune(model: nn.Module, config: IterativeMagnitudeConfig,
+                              ctx: Context) -> nn.Module:
+    """Han et al. 2015: rounds of magnitude pruning, each followed by retraining."""
+    name = "iterative-magnitude"
+    train = ctx.require("train_data", name)
+    plan = _make_plan(model, name, config, ctx)
+    dropouts: dict[str, str] = {}
+    if config.scale_dropout:
+        example = next(train.batches(1))[0]
+        dropouts = _dropout_layers(model, example, plan.weights, name, ctx)
+        modules = dict(model.named_modules())
+        d_orig = {d: float(modules[d].p) for d in dropouts}
+        c_orig = {p: int(torch.count_nonzero(plan.weights[p].detach()))
+                  for p in set(dropouts.values())}
+    rounds = []
+    for k in range(config.rounds):
+        # Round k's target for a layer whose final sparsity is s.
+        def at(s: float, k: int = k) -> float:
+            return round_sparsities(s, config.rounds, config.sparsity_schedule)[k]
+
+        layers = _prune(plan.scaled(at), ctx.masks)
+        info: dict[str, Any] = {"round": k + 1, "layers": layers,
+                                "sparsity": 1.0 - sum(r["kept"] for r in layers)
+                                / sum(r["params"] for r in layers)}
+        if dropouts:
+            info["dropout"] = {}
+            for d, p in dropouts.items():
+                c_now = int(ctx.masks[p].sum())
+                modules[d].p = han_dropout(d_orig[d], c_orig[p], min(c_now, c_orig[p]))
+                info["dropout"][d] = modules[d].p
+        epochs = (config.final_epochs or config.epochs) if k == config.rounds - 1 \
+            else config.epochs
+        cfg = config.train_config(ctx.finetune, epochs)
+        with MaskKeeper(model, ctx.masks) as keeper:
+            hist = fit(model, train, cfg, val_data=ctx.val_data, step_callbacks=[keeper],
+                       progress=ctx.progress)
+        info["epochs"] = epochs
+        info["wall_time_s"] = round(hist.wall_time_s, 2)
+        if ctx.val_data is not None:
+            info["val_error_pct"] = hist.epochs[-1]["val_error_pct"]
+        if ctx.progress:
+            val = (f", val error {info['val_error_pct']:.2f}%" if "val_error_pct" in info
+                   else "")
+            ctx.log(f"{name}: round {k + 1}/{config.rounds}: sparsity "
+                    f"{100 * info['sparsity']:.2f}%{val}")
+        rounds.append(info)
+    ctx.records.append({"step": name, "mode": plan.mode, "target": plan.target(),
+                        "rounds": rounds, "layers": rounds[-1]["layers"],
+                        "epochs_total": sum(r["epochs"] for r in rounds),
+                        "train": config.train_config(ctx.finetune, config.epochs).to_dict()})
+    return model
+
+
+class _GradualPruner:
+    """A fit step callback: raises the sparsity at the scheduled steps and otherwise keeps
+    the masks (a fresh MaskKeeper per change, so gradient hooks use the current masks)."""
+
+    def __init__(self, model: nn.Module, plan: _Plan, ctx: Context,
+                 sparsity_at: Callable[[int, float], float], steps: Iterable[int]) -> None:
+        self.model, self.plan, self.ctx, self.sparsity_at = model, plan, ctx, sparsity_at
+        self.steps = set(steps)
+        self.events: list[dict[str, Any]] = []
+        self.layers: list[dict[str, Any]] = []  # per-layer records of the latest raise
+        self.keeper = MaskKeeper(model, ctx.masks)
+
+    def prune(self, step: int) -> None:
+        layers = _prune(self.plan.scaled(lambda s: self.sparsity_at(step, s)), self.ctx.masks)
+        self.layers = layers
+        total = sum(r["params"] for r in layers)
+        self.events.append({"step": step,
+                            "sparsity": 1.0 - sum(r["kept"] for r in layers) / total})
+        self.keeper.remove()
+        self.keeper = MaskKeeper(self.model, self.ctx.masks)
+
+    def __call__(self, model: nn.Module, step: int) -> None:
+        if step in self.steps:
+            self.prune(step)
+        else:
+            self.keeper(model, step)
+
+    def remove(self) -> None:
+        self.keeper.remove()
+
+
+@register_technique("agp", AGPConfig)
+def agp_prune(model: nn.Module, config: AGPConfig, ctx: Context) -> nn.Module:
+    """Zhu & Gupta 2017: gradual pruning along a cubic schedule while training."""
+    name = "agp"
+    train = ctx.require("train_data", name)
+    plan = _make_plan(model, name, config, ctx)
+    cfg = config.train_config(ctx.finetune, config.epochs)
+    total_steps = config.epochs * math.ceil(len(train) / cfg.batch_size)
+    every, t0 = config.prune_every, config.start_step
+    n = config.n_prunes if config.n_prunes is not None else max((total_steps - t0) // every, 0)
+    if t0 + n * every > total_steps:
+        raise ConfigError(f"{name}: the schedule ends at step {t0 + n * every} "
+                          f"(start_step + n_prunes x prune_every) but {config.epochs} epoch(s) "
+                          f"have only {total_steps} steps; lower n_prunes or prune_every, or "
+                          "raise epochs")
+
+    def sparsity_at(step: int, final: float) -> float:
+        return agp_sparsity(step, initial=config.initial_sparsity, final=final,
+                            start_step=t0, n_prunes=n, every=every)
+
+    steps = agp_prune_steps(t0, n, every)
+    pruner = _GradualPruner(model, plan, ctx, sparsity_at, (s for s in steps if s > 0))
+    try:
+        if steps[0] == 0:
+            pruner.prune(0)
+        hist = fit(model, train, cfg, val_data=ctx.val_data, step_callbacks=[pruner],
+                   progress=ctx.progress)
+    finally:
+        pruner.remove()
+    wall = hist.wall_time_s
+    if config.final_epochs:
+        with MaskKeeper(model, ctx.masks) as keeper:
+            final = fit(model, train, config.train_config(ctx.finetune, config.final_epochs),
+                        val_data=ctx.val_data, step_callbacks=[keeper], progress=ctx.progress)
+        wall += final.wall_time_s
+    layers = pruner.layers  # the last raise reached the final sparsity
+    record: dict[str, Any] = {"step": name, "mode": plan.mode, "target": plan.target(),
+                              "initial_sparsity": config.initial_sparsity, "start_step": t0,
+                              "prune_every": every, "n_prunes": n, "events": pruner.events,
+                              "layers": layers,
+                              "epochs_total": config.epochs + config.final_epochs,
+                              "wall_time_s": round(wall, 2), "train": cfg.to_dict()}
+    if ctx.val_data is not None:
+        record["val_error_pct"] = evaluate(model, ctx.val_data).error_pct
+    ctx.records.append(record)
+    if ctx.progress:
+        ctx.log(_summary(name, layers))
+    return model
