@@ -86,6 +86,17 @@ def _pruning(doc: dict[str, Any]) -> str:
                        f"{r['compression_ratio']:.1f}x | {kept} | {r['epochs_total']} | "
                        f"{'yes' if r['target_met'] else '**no**'} |")
         out.append("")
+        for r in magnitude:
+            if not r["experiment"].startswith("magnitude-") or not r["experiment"].endswith(
+                    "-12x"):
+                continue
+            out += [f"Per layer, `{r['experiment']}` (as Han et al. 2015, Tables 2-3):", "",
+                    "| layer | weights | weights kept % | MACs | MACs kept % |",
+                    "|---|---:|---:|---:|---:|"]
+            for x in r["layers"]:
+                out.append(f"| {x['layer']} | {x['weights']:,} | {x['kept_pct']:.1f} | "
+                           f"{x['macs']:,} | {x['macs_kept_pct']:.1f} |")
+            out.append("")
     structured = [r for r in rows if r["part"] == "structured"]
     if structured:
         out += ["Structured L1 filter pruning with physical removal (Torch-Pruning), per-layer "
