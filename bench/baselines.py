@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
+from benchlib import write_results
 from modelzip import __version__
-from modelzip.checkpoint import load_checkpoint, save_checkpoint, write_atomic
+from modelzip.checkpoint import load_checkpoint, save_checkpoint
 from modelzip.data import load_dataset
 from modelzip.measure import profile_model
 from modelzip.train import TrainConfig, evaluate, fit
@@ -164,15 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         existing[name] = (row_from_checkpoint(name) if args.rows_from_checkpoints
                           else run_one(name, progress=not args.no_progress))
-        doc = {
-            "benchmark": "baselines",
-            "description": "reference models trained from scratch; error of the checkpoint "
-                           "reloaded from disk on the full test split",
-            "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-            "models": [existing[k] for k in BASELINES if k in existing],
-        }
-        write_atomic(RESULTS, (json.dumps(doc, indent=2) + "\n").encode())
+        write_results(RESULTS, "baselines",
+                      "reference models trained from scratch; error of the checkpoint "
+                      "reloaded from disk on the full test split",
+                      [existing[k] for k in BASELINES if k in existing])
     return 0
 
 

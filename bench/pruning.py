@@ -16,12 +16,12 @@ import argparse
 import importlib
 import json
 import sys
-import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+from benchlib import write_results  # noqa: E402
 from modelzip.checkpoint import write_atomic  # noqa: E402
 
 PARTS = {
@@ -49,12 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         if path.is_file():
             for row in json.loads(path.read_text())["models"]:
                 rows.append({"part": part, **row})
-    doc = {"benchmark": "pruning",
-           "description": "pruning benchmarks; errors of models saved and reloaded from disk, "
-                          "full test splits",
-           "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "models": rows}
-    write_atomic(RESULTS / "pruning.json", (json.dumps(doc, indent=2) + "\n").encode())
+    write_results(RESULTS / "pruning.json", "pruning",
+                  "pruning benchmarks; errors of models saved and reloaded from disk, full "
+                  "test splits", rows)
     print(f"{len(rows)} rows in {RESULTS / 'pruning.json'}")
     return 0
 

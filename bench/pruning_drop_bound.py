@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
 import platform
 import sys
 import tempfile
@@ -41,8 +39,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchlib import wait_for_checkpoint, write_results
 from modelzip import __version__
-from modelzip.checkpoint import load_checkpoint, save_checkpoint, write_atomic
+from modelzip.checkpoint import load_checkpoint, save_checkpoint
 from modelzip.data import load_dataset, train_val_split
 from modelzip.measure import profile_model
 from modelzip.prune.drop_bound import DropBoundConfig, validation_subset
@@ -77,17 +76,6 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def wait_for_checkpoint(path: Path, timeout_s: float = WAIT_S) -> None:
-    """bench/baselines.py writes the JSON last, so its presence means the folder is whole."""
-    deadline = time.monotonic() + timeout_s
-    while not (path / "modelzip.json").is_file():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{path}: no checkpoint after {timeout_s:.0f} s; run "
-                             "bench/baselines.py --models eurosat_cnn first")
-        _say(f"waiting for {path / 'modelzip.json'} ...")
-        time.sleep(30)
-
-
 def _filters(model: nn.Module) -> dict[str, int]:
     return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
@@ -110,7 +98,7 @@ def _versions() -> dict[str, str]:
 def run(progress: bool = False) -> list[dict[str, Any]]:
     """Both methods at both bounds; one flat row per (bound, method)."""
     t_start = time.perf_counter()
-    wait_for_checkpoint(SOURCE)
+    wait_for_checkpoint(SOURCE, WAIT_S)
     base = load_checkpoint(SOURCE).model
     full_train = load_dataset("eurosat", "train")
     train, val = train_val_split(full_train, 0.1, seed=0)
@@ -221,18 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     rows = run(progress=args.progress)
-    doc = {
-        "benchmark": "pruning_drop_bound",
-        "description": "drop-bound agent (Huang et al. 2018) vs L1 filter pruning at the same "
-                       "per-layer ratios, eurosat_cnn, b = 1 and 2 validation points; test "
-                       "accuracy of models saved and reloaded from disk, full test split, "
-                       "before and after the same fine-tuning",
-        "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "total_wall_time_s": round(time.perf_counter() - t0, 1),
-        "models": rows,
-    }
-    write_atomic(RESULTS, (json.dumps(doc, indent=2) + "\n").encode())
+    write_results(RESULTS, "pruning_drop_bound",
+                  "drop-bound agent (Huang et al. 2018) vs L1 filter pruning at the same "
+                  "per-layer ratios, eurosat_cnn, b = 1 and 2 validation points; test "
+                  "accuracy of models saved and reloaded from disk, full test split, "
+                  "before and after the same fine-tuning",
+                  rows, total_wall_time_s=round(time.perf_counter() - t0, 1))
     _say(f"wrote {RESULTS}")
     return 0
 

@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
-import os
 import platform
 import sys
 import time
@@ -42,8 +40,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchlib import write_results
 from modelzip import __version__
-from modelzip.checkpoint import load_checkpoint, save_checkpoint, write_atomic
+from modelzip.checkpoint import load_checkpoint, save_checkpoint
 from modelzip.data import ImageDataset, load_dataset
 from modelzip.measure import profile_model
 from modelzip.prune.magnitude import AGPConfig, IterativeMagnitudeConfig
@@ -361,18 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     rows = run(progress=args.progress, models=tuple(args.models))
-    doc = {
-        "benchmark": "pruning_magnitude",
-        "description": "unstructured magnitude pruning with retraining (Han et al. 2015; "
-                       "Zhu & Gupta 2017) from the baselines; test error of the pruned "
-                       "checkpoint reloaded from disk on the full test split; choices made "
-                       "on the last 5,000 training images, held out from retraining",
-        "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "total_wall_time_s": round(time.perf_counter() - start, 1),
-        "models": rows,
-    }
-    write_atomic(RESULTS, (json.dumps(doc, indent=2) + "\n").encode())
+    doc = write_results(RESULTS, "pruning_magnitude",
+                        "unstructured magnitude pruning with retraining (Han et al. 2015; "
+                        "Zhu & Gupta 2017) from the baselines; test error of the pruned "
+                        "checkpoint reloaded from disk on the full test split; choices made "
+                        "on the last 5,000 training images, held out from retraining",
+                        rows, total_wall_time_s=round(time.perf_counter() - start, 1))
     print(f"{len(rows)} results in {RESULTS} ({doc['total_wall_time_s']:.0f} s)")
     return 0
 

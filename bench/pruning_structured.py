@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchlib import wait_for_checkpoint, write_results
 from modelzip import __version__
 from modelzip.checkpoint import load_checkpoint, save_checkpoint, write_atomic
 from modelzip.data import load_dataset, train_val_split
@@ -83,17 +84,6 @@ QUIET_WAIT_S = 20 * 60
 
 def _say(message: str) -> None:
     print(message, flush=True)
-
-
-def wait_for_checkpoint(path: Path, timeout_s: float = WAIT_S) -> None:
-    """bench/baselines.py writes the JSON last, so its presence means the folder is whole."""
-    deadline = time.monotonic() + timeout_s
-    while not (path / "modelzip.json").is_file():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{path}: no checkpoint after {timeout_s:.0f} s; run "
-                             "bench/baselines.py --models eurosat_cnn first")
-        _say(f"waiting for {path / 'modelzip.json'} ...")
-        time.sleep(30)
 
 
 def _latency_pair(unpruned: nn.Module, pruned: nn.Module, batch_size: int) -> dict[str, Any]:
@@ -151,7 +141,7 @@ def wait_for_quiet(max_wait_s: float = QUIET_WAIT_S) -> list[float]:
 def run(progress: bool = False) -> list[dict[str, Any]]:
     """Prune, fine-tune, save, reload and measure; returns one result row."""
     t_start = time.perf_counter()
-    wait_for_checkpoint(SOURCE)
+    wait_for_checkpoint(SOURCE, WAIT_S)
     baseline = load_checkpoint(SOURCE).model
     train_full = load_dataset("eurosat", "train")
     test = load_dataset("eurosat", "test")
@@ -292,16 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress", action="store_true", help="progress bars and logs")
     args = parser.parse_args(argv)
     rows = run(progress=args.progress)
-    doc = {
-        "benchmark": "pruning_structured",
-        "description": "L1 filter pruning of eurosat_cnn to <= 50% FLOPs with sensitivity-"
-                       "allocated ratios, fine-tuned; figures of the checkpoint reloaded "
-                       "from disk, full test split; latency of pruned vs unpruned in one run",
-        "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "models": rows,
-    }
-    write_atomic(RESULTS, (json.dumps(doc, indent=2) + "\n").encode())
+    write_results(RESULTS, "pruning_structured",
+                  "L1 filter pruning of eurosat_cnn to <= 50% FLOPs with sensitivity-"
+                  "allocated ratios, fine-tuned; figures of the checkpoint reloaded "
+                  "from disk, full test split; latency of pruned vs unpruned in one run",
+                  rows)
     _say(f"wrote {RESULTS}")
     return 0
 

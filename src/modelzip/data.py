@@ -253,18 +253,6 @@ def _candidates(root: str | os.PathLike[str] | None, folder: str) -> list[Path]:
     return out
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ---------------------------------------------------------------------------- IDX files
 def read_idx(path: str | os.PathLike[str], *, expected_ndim: int | None = None) -> np.ndarray:
     """Read an IDX file (gzipped or not) of unsigned bytes into a numpy array, checking the
@@ -310,6 +298,8 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 
 
 def _download_idx(dataset: str, dest: Path) -> None:
+    from modelzip.checkpoint import write_atomic  # lazy: keeps safetensors out of data imports
+
     dest.mkdir(parents=True, exist_ok=True)
     for fname, md5 in IDX_MD5[dataset].items():
         if (dest / fname).is_file():
@@ -325,7 +315,7 @@ def _download_idx(dataset: str, dest: Path) -> None:
             if hashlib.md5(blob).hexdigest() != md5:
                 last_error = DataError(f"checksum mismatch for {mirror + fname}")
                 continue
-            _atomic_write_bytes(dest / fname, blob)
+            write_atomic(dest / fname, blob)
             break
         else:
             raise DataError(f"could not download {fname}: {last_error}")
