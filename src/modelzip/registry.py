@@ -88,7 +88,8 @@ def register_technique(name: str, config_cls: type):
 def _load_all() -> None:
     # Importing the technique packages registers them.
     import modelzip.finetune
-    import modelzip.prune  # noqa: F401
+    import modelzip.prune
+    import modelzip.quant  # noqa: F401
 
 
 def list_techniques() -> list[str]:

@@ -1,0 +1,136 @@
+"""Which weights a quantization technique touches, at how many bits, and which of their
+entries are kept (non-pruned). Shared by the ``uniform`` and ``kmeans`` techniques."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from modelzip.errors import ConfigError
+from modelzip.prune.masks import masks_from_zeros, prunable_weights
+from modelzip.registry import Context
+
+__all__ = ["is_conv", "kept_masks", "layer_of", "normalise_layers", "parametrized_name",
+           "parametrized_weights", "plan_bits"]
+
+
+def layer_of(param_name: str) -> str:
+    return param_name.rpartition(".")[0]
+
+
+def is_conv(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+
+
+def normalise_layers(config: Any, technique: str) -> None:
+    """Fix up a frozen config's ``layers`` (a name -> a tuple) and refuse ``layers`` together
+    with a per-layer ``bits`` mapping (the mapping names the layers)."""
+    layers = config.layers
+    if isinstance(layers, str):
+        layers = (layers,)
+    if layers is not None:
+        layers = tuple(layers)
+        if not layers:
+            raise ConfigError(f"{technique}: layers is empty; leave it out to quantize every "
+                              "Linear and Conv weight")
+        if isinstance(config.bits, Mapping):
+            raise ConfigError(f"{technique}: give either layers or a per-layer bits mapping, "
+                              "not both (the mapping names the layers)")
+    object.__setattr__(config, "layers", layers)
+    if isinstance(config.bits, Mapping):
+        if not config.bits:
+            raise ConfigError(f"{technique}: the bits mapping is empty; name at least one layer")
+        object.__setattr__(config, "bits", dict(config.bits))
+
+
+def _resolve(model: nn.Module, names: list[str], technique: str) -> dict[str, str]:
+    """Requested name (layer "fc1" or weight "fc1.weight") -> weight parameter name."""
+    weights = prunable_weights(model)
+    out: dict[str, str] = {}
+    bad = []
+    for name in names:
+        if name in weights:
+            out[name] = name
+        elif f"{name}.weight" in weights:
+            out[name] = f"{name}.weight"
+        else:
+            bad.append(name)
+    if bad:
+        valid = ", ".join(layer_of(p) or p for p in weights)
+        raise ConfigError(f"{technique}: {', '.join(map(repr, bad))} is not a Linear or Conv "
+                          f"layer of this model; its Linear and Conv layers: {valid}")
+    return out
+
+
+def plan_bits(model: nn.Module, technique: str, bits: int | dict[str, int] | None,
+              layers: tuple[str, ...] | None,
+              default_bits: Callable[[nn.Module], int | None]) -> dict[str, int | None]:
+    """Weight parameter name -> bits, in model order. A ``bits`` mapping names the layers;
+    otherwise ``layers`` (default: every Linear and Conv weight) get ``bits``, or
+    ``default_bits(module)`` when ``bits`` is None."""
+    weights = prunable_weights(model)
+    if not weights:
+        raise ConfigError(f"{technique}: this model has no Linear or Conv weight to quantize")
+    modules = dict(model.named_modules())
+    if isinstance(bits, dict):
+        resolved = _resolve(model, list(bits), technique)
+        per_param = {p: bits[name] for name, p in resolved.items()}
+        return {p: per_param[p] for p in weights if p in per_param}
+    chosen = list(weights) if layers is None else set(_resolve(model, list(layers),
+                                                               technique).values())
+    return {p: bits if bits is not None else default_bits(modules[layer_of(p)])
+            for p in weights if p in chosen}
+
+
+def kept_masks(model: nn.Module, names: list[str], ctx: Context) -> dict[str, torch.Tensor]:
+    """Which entries of each named weight are kept: not pruned in ``ctx.masks`` and not zero
+    (a pruned weight is stored as exactly 0). Layers with pruned entries get their mask into
+    ``ctx.masks`` too, so that later fine-tuning steps keep them zero."""
+    weights = prunable_weights(model)
+    from_zeros = masks_from_zeros(model, names)
+    out = {}
+    for p in names:
+        keep = weights[p].detach() != 0
+        if p in ctx.masks:
+            keep = keep & ctx.masks[p].to(keep.device)
+        out[p] = keep
+        if p in from_zeros or p in ctx.masks:
+            ctx.masks[p] = keep
+    return out
+
+
+def parametrized_name(param_name: str) -> str:
+    """The name a weight's latent tensor has while a parametrization is registered on it."""
+    layer = layer_of(param_name)
+    return f"{layer}.parametrizations.weight.original" if layer else \
+        "parametrizations.weight.original"
+
+
+@contextmanager
+def parametrized_weights(model: nn.Module, parametrizations: Mapping[str, nn.Module]
+                         ) -> Iterator[None]:
+    """Inside the block, each named weight is computed by its parametrization from a latent
+    tensor (``parametrized_name``). Afterwards each weight's current value is baked into a
+    plain ``weight`` parameter again, in its old place, so the state_dict has the same keys
+    in the same order."""
+    modules = dict(model.named_modules())
+    orders: dict[str, list[str]] = {}
+    try:
+        for p, parametrization in parametrizations.items():
+            module = modules[layer_of(p)]
+            orders[p] = list(module._parameters)
+            parametrize.register_parametrization(module, "weight", parametrization)
+        yield
+    finally:
+        for p, order in orders.items():
+            module = modules[layer_of(p)]
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            module.weight.requires_grad_(True)
+            params = dict(module._parameters)
+            module._parameters.clear()
+            module._parameters.update({k: params[k] for k in order})

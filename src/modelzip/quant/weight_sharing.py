@@ -1,0 +1,220 @@
+"""Technique ``kmeans``: weight sharing by k-means, as in Deep Compression (Han et al. 2016).
+
+The kept (non-zero) weights of each layer are clustered into 2^bits centroids (pruned zeros
+are not clustered and stay exactly 0.0); every weight is replaced by its centroid. Then the
+centroids can be fine-tuned: each chosen weight becomes a parametrization
+``weight = centroids[labels]`` where kept, 0 where pruned, so autograd sums the gradients of
+all weights of a cluster into its centroid (Deep Compression, Fig. 3). The cluster of every
+weight and the zero pattern stay fixed; biases and other parameters train as usual. At the
+end the final values are written back as plain float32 weights (state_dict keys unchanged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from modelzip.errors import ConfigError
+from modelzip.prune.masks import MaskKeeper, prunable_weights
+from modelzip.quant.kmeans import CKMEANS_MAX_K, INITS, kmeans_1d, kmeans_1d_optimal
+from modelzip.quant.targets import (
+    is_conv,
+    kept_masks,
+    layer_of,
+    normalise_layers,
+    parametrized_weights,
+    plan_bits,
+)
+from modelzip.registry import Context, register_technique
+from modelzip.train import TrainConfig, evaluate, fit
+
+__all__ = ["CONV_BITS", "FC_BITS", "METHODS", "WeightSharingConfig", "weight_sharing"]
+
+METHODS = ("lloyd", "optimal")
+CONV_BITS, FC_BITS = 8, 5  # Deep Compression's choice for AlexNet/VGG and the LeNets
+MIN_BITS, MAX_BITS = 1, 8
+
+
+@dataclass(frozen=True)
+class WeightSharingConfig:
+    """k-means weight sharing of each layer's kept weights into 2^bits shared values.
+
+    - ``bits``: one number for all chosen layers, or a mapping layer -> bits that names the
+      layers; default 8 for conv and 5 for fully connected layers (Deep Compression);
+    - ``method``: ``lloyd`` (Lloyd's iterations from ``init``: linear | density | random,
+      at most ``iters`` rounds; ``seed`` for random) or ``optimal`` (exact 1-D k-means by
+      dynamic programming; at most 255 clusters, so 8 bits give 255);
+    - ``finetune_epochs``: epochs of centroid fine-tuning on the context's training data
+      (gradients of a cluster summed into its centroid); ``lr`` overrides its learning rate;
+    - ``layers``: layer names (default every Linear and Conv weight)."""
+
+    bits: int | dict[str, int] | None = None
+    init: str = "linear"
+    method: str = "lloyd"
+    iters: int = 1000
+    seed: int = 0
+    finetune_epochs: int = 0
+    lr: float | None = None
+    layers: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        name = "kmeans"
+        values = self.bits.items() if isinstance(self.bits, Mapping) else \
+            [(None, self.bits)] if self.bits is not None else []
+        for layer, bits in values:
+            if isinstance(bits, bool) or not isinstance(bits, int) \
+                    or not MIN_BITS <= bits <= MAX_BITS:
+                where = f" of layer {layer!r}" if layer else ""
+                raise ConfigError(f"{name}: bits{where} must be an integer from {MIN_BITS} to "
+                                  f"{MAX_BITS}, got {bits!r}")
+        if self.init not in INITS:
+            raise ConfigError(f"{name}: init must be one of {', '.join(INITS)}, got "
+                              f"{self.init!r}")
+        if self.method not in METHODS:
+            raise ConfigError(f"{name}: method must be one of {', '.join(METHODS)}, got "
+                              f"{self.method!r}")
+        for field, value in (("iters", self.iters), ("finetune_epochs", self.finetune_epochs)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name}: {field} must be an integer >= 0, got {value!r}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"{name}: lr must be > 0, got {self.lr}")
+        normalise_layers(self, name)
+
+
+class _SharedWeight(nn.Module):
+    """Parametrization: the weight is its cluster's centroid where kept, 0.0 where pruned;
+    the layer's own weight tensor is ignored (it holds the same values at the start)."""
+
+    def __init__(self, centroids: torch.Tensor, labels: torch.Tensor,
+                 keep: torch.Tensor) -> None:
+        super().__init__()
+        self.centroids = nn.Parameter(centroids.clone())
+        self.register_buffer("labels", labels)
+        self.register_buffer("keep", keep)
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        # Indexing sums the gradients of every weight of a cluster into its centroid.
+        return torch.where(self.keep, self.centroids[self.labels], 0.0)
+
+
+@dataclass
+class _Clustered:
+    centroids: torch.Tensor  # the shared values, in the weight's dtype (float32)
+    labels: torch.Tensor  # int64, the weight's shape (0 where pruned)
+    keep: torch.Tensor  # bool, the weight's shape
+
+
+def _cluster(w: torch.Tensor, keep: torch.Tensor, k: int, config: WeightSharingConfig
+             ) -> _Clustered:
+    values = w.detach()[keep]
+    if config.method == "optimal":
+        centroids, labels = kmeans_1d_optimal(values, k)
+    else:
+        centroids, labels = kmeans_1d(values, k, config.init, config.iters, config.seed)
+    shared = centroids.to(w.dtype)
+    # A centroid of exactly 0 would turn kept weights into pruned-looking ones; take the
+    # smallest normal number of its sign instead (a cluster mean of exactly 0 is rare).
+    tiny = torch.finfo(w.dtype).tiny
+    shared = torch.where(shared == 0, torch.where(centroids < 0, -tiny, tiny), shared)
+    full = torch.zeros(w.shape, dtype=torch.int64, device=w.device)
+    full[keep] = labels
+    return _Clustered(shared, full, keep.clone())
+
+
+def _shared_values(c: _Clustered) -> torch.Tensor:
+    return torch.where(c.keep, c.centroids[c.labels], 0.0)
+
+
+def _layer_record(param: str, bits: int, k: int, c: _Clustered, before: torch.Tensor
+                  ) -> dict[str, Any]:
+    after = _shared_values(c)
+    kept = int(c.keep.sum())
+    err = (after.double() - before.double())[c.keep]
+    return {"layer": layer_of(param) or param, "param": param, "params": before.numel(),
+            "bits": bits, "k": k, "centroids": int(c.centroids.numel()), "kept": kept,
+            "distinct_nonzero": int(torch.unique(after[after != 0]).numel()),
+            "rmse": float(err.pow(2).mean().sqrt()) if kept else 0.0}
+
+
+def _finetune(model: nn.Module, clustered: dict[str, _Clustered], config: WeightSharingConfig,
+              ctx: Context) -> dict[str, Any]:
+    """Train the centroids (and every parameter that is not shared) with the clusters and
+    zero patterns fixed; returns what the run did. ``clustered`` gets the final centroids."""
+    train = ctx.require("train_data", "kmeans")
+    base = ctx.finetune or TrainConfig()
+    cfg = dataclasses.replace(base, epochs=config.finetune_epochs,
+                              lr=config.lr if config.lr is not None else base.lr)
+    modules = dict(model.named_modules())
+    shared = {p: _SharedWeight(c.centroids, c.labels, c.keep) for p, c in clustered.items()}
+    with parametrized_weights(model, shared):
+        for p in clustered:
+            # The latent weight is unused: keep it out of the optimizer.
+            modules[layer_of(p)].parametrizations.weight.original.requires_grad_(False)
+        others = {p: m for p, m in ctx.masks.items() if p not in clustered}
+        with MaskKeeper(model, others) as keeper:
+            hist = fit(model, train, cfg, val_data=ctx.val_data, step_callbacks=[keeper],
+                       progress=ctx.progress)
+    moved = {}
+    for p, s in shared.items():
+        new = s.centroids.detach().clone()
+        moved[layer_of(p) or p] = float((new - clustered[p].centroids).abs().max())
+        clustered[p].centroids = new
+    return {"train": cfg.to_dict(), "wall_time_s": round(hist.wall_time_s, 2),
+            "centroid_max_shift": moved}
+
+
+@register_technique("kmeans", WeightSharingConfig)
+def weight_sharing(model: nn.Module, config: WeightSharingConfig, ctx: Context) -> nn.Module:
+    """Deep Compression weight sharing: k-means per layer on the kept weights, centroid tuning.
+
+    Each chosen layer's non-zero weights are clustered into 2^bits shared values; with
+    ``finetune_epochs`` the shared values are then fine-tuned (clusters and zeros fixed)."""
+    name = "kmeans"
+    plan = plan_bits(model, name, config.bits, config.layers,
+                     lambda m: CONV_BITS if is_conv(m) else FC_BITS)
+    masks = kept_masks(model, list(plan), ctx)
+    weights = prunable_weights(model)
+    originals = {p: weights[p].detach().clone() for p in plan}
+    clustered: dict[str, _Clustered] = {}
+    ks: dict[str, int] = {}
+    for p, bits in plan.items():
+        k = 2**bits
+        if config.method == "optimal" and k > CKMEANS_MAX_K:
+            ctx.log(f"{name}: {layer_of(p)}: optimal k-means handles at most {CKMEANS_MAX_K} "
+                    f"clusters; using {CKMEANS_MAX_K} for {bits} bits")
+            k = CKMEANS_MAX_K
+        ks[p] = k
+        if not bool(masks[p].any()):
+            ctx.log(f"{name}: {layer_of(p)} has no kept weight; nothing to share")
+            continue
+        clustered[p] = _cluster(weights[p], masks[p], k, config)
+        with torch.no_grad():
+            weights[p].copy_(_shared_values(clustered[p]))
+    record: dict[str, Any] = {"step": name, "method": config.method,
+                              "init": config.init if config.method == "lloyd" else None,
+                              "iters": config.iters if config.method == "lloyd" else None,
+                              "finetune_epochs": config.finetune_epochs}
+    clustering = {p: _layer_record(p, plan[p], ks[p], c, originals[p])
+                  for p, c in clustered.items()}
+    if config.finetune_epochs > 0 and clustered:
+        record.update(_finetune(model, clustered, config, ctx))
+    layers = []
+    for p, c in clustered.items():
+        final = _layer_record(p, plan[p], ks[p], c, originals[p])
+        final["clustering_rmse"] = clustering[p]["rmse"]
+        layers.append(final)
+    record["layers"] = layers
+    if ctx.val_data is not None:
+        record["val_error_pct"] = evaluate(model, ctx.val_data).error_pct
+    ctx.records.append(record)
+    if ctx.progress:
+        per = ", ".join(f"{r['layer']} {r['bits']} bits ({r['distinct_nonzero']} values)"
+                        for r in layers)
+        ctx.log(f"{name}: {per}")
+    return model
