@@ -28,6 +28,8 @@ _EXPORTS = {
     "measure_latency": "modelzip.measure",
     "measure_peak_memory": "modelzip.measure",
     "ModelzipError": "modelzip.errors",
+    "pack": "modelzip.codec.model",
+    "unpack": "modelzip.codec.model",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -25,3 +25,11 @@ class ShapeError(ModelzipError):
 
 class ConfigError(ModelzipError):
     """A configuration value is out of range or unknown."""
+
+
+class ArtifactError(ModelzipError):
+    """A .mzip artifact is damaged, hostile or inconsistent, or cannot be written."""
+
+
+class ExportError(ModelzipError):
+    """A model cannot be exported to ONNX, or its ONNX graph disagrees with PyTorch."""

@@ -5,6 +5,7 @@
     steps:
       - magnitude: {sparsity: 0.9}
       - finetune: {epochs: 3}
+    pack: {coder: best}    # how `modelzip compress` codes the .mzip (optional)
 
 Each step names one registered technique (see ``modelzip.registry``) and its options; unknown
 techniques, unknown options and values of the wrong type are reported with the step number.
@@ -13,9 +14,9 @@ techniques, unknown options and values of the wrong type are reported with the s
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -27,6 +28,13 @@ from modelzip.registry import Context, apply_technique, config_from_dict
 __all__ = ["Recipe", "load_recipe", "run_recipe"]
 
 
+class _PackSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # best: per tensor, the smallest of the codec's coders (Huffman, rANS, fixed width)
+    coder: Literal["best", "huffman", "rans", "raw"] = "best"
+
+
 class _RecipeFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -34,6 +42,7 @@ class _RecipeFile(BaseModel):
     description: str = ""
     finetune: dict[str, Any] = {}
     steps: list[dict[str, dict[str, Any] | None]]
+    pack: _PackSettings = _PackSettings()
 
     @field_validator("steps")
     @classmethod
@@ -55,6 +64,7 @@ class Recipe:
     steps: tuple[tuple[str, Any], ...]
     finetune: dict[str, Any]
     description: str = ""
+    pack: dict[str, Any] = field(default_factory=lambda: {"coder": "best"})
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "recipe") -> Recipe:
@@ -78,7 +88,8 @@ class Recipe:
         except ConfigError as exc:
             raise ConfigError(f"{source}: finetune defaults: {exc}") from None
         del FinetuneConfig
-        return cls(parsed.name, tuple(steps), dict(parsed.finetune), parsed.description)
+        return cls(parsed.name, tuple(steps), dict(parsed.finetune), parsed.description,
+                   parsed.pack.model_dump())
 
     def to_dict(self) -> dict[str, Any]:
         import dataclasses
@@ -92,7 +103,8 @@ class Recipe:
             return out
 
         return {"name": self.name, "description": self.description, "finetune": self.finetune,
-                "steps": [{name: plain(cfg)} for name, cfg in self.steps]}
+                "steps": [{name: plain(cfg)} for name, cfg in self.steps],
+                "pack": dict(self.pack)}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -125,4 +137,15 @@ def run_recipe(model: nn.Module, recipe: Recipe, ctx: Context) -> nn.Module:
     for i, (name, config) in enumerate(recipe.steps, 1):
         ctx.log(f"[bold]step {i}/{len(recipe.steps)}: {name}")
         model = apply_technique(model, config, ctx)
+        _check_finite(model, f"{recipe.name}: step {i} ({name})")
     return model
+
+
+def _check_finite(model: nn.Module, where: str) -> None:
+    """A diverged fine-tuning leaves NaN/inf weights; stop before they are packed."""
+    import torch
+
+    for key, value in model.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ConfigError(f"{where} left non-finite values in {key} (training diverged); "
+                              "lower the step's learning rate (lr) and run it again")

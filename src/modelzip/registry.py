@@ -89,7 +89,8 @@ def _load_all() -> None:
     # Importing the technique packages registers them.
     import modelzip.finetune
     import modelzip.prune
-    import modelzip.quant  # noqa: F401
+    import modelzip.quant
+    import modelzip.runtime.qat  # noqa: F401
 
 
 def list_techniques() -> list[str]:

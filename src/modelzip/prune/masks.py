@@ -40,7 +40,9 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
         if params[name].shape != mask.shape:
             raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, the weight "
                              f"{tuple(params[name].shape)}")
-        params[name].mul_(mask.to(params[name].dtype))
+        # masked_fill, not a multiply: -w * 0 is -0.0, whose sign bit a bit-exact coder
+        # would have to store as a value.
+        params[name].masked_fill_(~mask.to(torch.bool), 0.0)
 
 
 class MaskKeeper:

@@ -1,0 +1,209 @@
+"""The torch-free artifact API: named arrays, named byte blobs and JSON metadata in and out of
+a .mzip file. The on-board runner uses only this module (numpy, constriction, stdlib).
+
+Manifest fields (besides the container's ``chunks``)::
+
+    tensors   {name: entry}   how each array is coded (see tensor.py); chunk "tensor:NAME"
+    blobs     [name, ...]     raw byte chunks, e.g. an ONNX graph without its weights;
+                              chunk "blob:NAME"
+    model     object or null  how to rebuild the model (the ``model`` given to write_artifact)
+    meta      object          free JSON: dataset mean/std, class names, metrics...
+    producer  string          the modelzip version that wrote the file
+
+Names are written in sorted order and the JSON with sorted keys, so the same inputs always
+give the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelzip import __version__
+from modelzip.codec.container import read_container, write_container
+from modelzip.codec.tensor import (
+    DEFAULT_MAX_ELEMENTS,
+    TensorEntry,
+    check_entry,
+    decode_tensor,
+    encode_tensor,
+)
+from modelzip.errors import ArtifactError
+
+__all__ = [
+    "Artifact",
+    "describe_artifact",
+    "load_artifact_bytes",
+    "read_artifact",
+    "read_artifact_file",
+    "summarize_artifact",
+    "write_artifact",
+]
+
+TENSOR_CHUNK = "tensor:"
+BLOB_CHUNK = "blob:"
+
+
+def write_artifact(tensors: dict[str, np.ndarray], *, model: dict | None = None,
+                   blobs: dict[str, bytes] | None = None, meta: dict | None = None,
+                   coder: str = "best") -> bytes:
+    """Code every array (each in its smallest layout; ``coder``: best, huffman, rans or raw)
+    and write them with the blobs, ``model`` and ``meta`` into .mzip bytes."""
+    blobs = blobs or {}
+    for kind, mapping in (("tensor", tensors), ("blob", blobs)):
+        if not isinstance(mapping, dict) or not all(isinstance(k, str) for k in mapping):
+            raise ArtifactError(f"{kind}s must be a dict keyed by name (str)")
+    if model is not None and not isinstance(model, dict):
+        raise ArtifactError(f"model must be a dict or None, got {type(model).__name__}")
+    if meta is not None and not isinstance(meta, dict):
+        raise ArtifactError(f"meta must be a dict or None, got {type(meta).__name__}")
+    entries, chunks = {}, []
+    for name in sorted(tensors):
+        try:
+            entry, payload = encode_tensor(np.asarray(tensors[name]), coder)
+        except ArtifactError as exc:
+            raise ArtifactError(f"tensor {name!r}: {exc}") from None
+        entries[name] = entry
+        chunks.append((TENSOR_CHUNK + name, payload))
+    for name in sorted(blobs):
+        if not isinstance(blobs[name], bytes | bytearray | memoryview):
+            raise ArtifactError(f"blob {name!r} is a {type(blobs[name]).__name__}, not bytes")
+        chunks.append((BLOB_CHUNK + name, bytes(blobs[name])))
+    manifest = {"tensors": entries, "blobs": sorted(blobs), "model": model, "meta": meta or {},
+                "producer": f"modelzip {__version__}"}
+    return write_container(manifest, chunks)
+
+
+@dataclass
+class Artifact:
+    """A decoded .mzip: its manifest, arrays and blobs by name."""
+
+    manifest: dict
+    tensors: dict[str, np.ndarray]
+    blobs: dict[str, bytes]
+
+    @property
+    def model(self) -> dict | None:
+        """The ``model`` dict given to write_artifact (None when none was)."""
+        return self.manifest.get("model")
+
+    @property
+    def meta(self) -> dict:
+        return self.manifest.get("meta") or {}
+
+
+@dataclass
+class _Checked:
+    layout: Any  # ContainerLayout
+    entries: dict[str, TensorEntry]
+    blob_names: list[str]
+
+
+def _check(data: bytes, max_elements: int) -> _Checked:
+    """The container's checks, then the manifest's fields and every tensor entry."""
+    layout = read_container(data)
+    m = layout.manifest
+    tensors, blobs = m.get("tensors"), m.get("blobs")
+    if not isinstance(tensors, dict):
+        raise ArtifactError("manifest: field 'tensors' is missing or not an object")
+    if not isinstance(blobs, list) or not all(isinstance(b, str) for b in blobs):
+        raise ArtifactError("manifest: field 'blobs' is missing or not a list of names")
+    if m.get("model") is not None and not isinstance(m.get("model"), dict):
+        raise ArtifactError("manifest: field 'model' is not an object")
+    if not isinstance(m.get("meta", {}), dict):
+        raise ArtifactError("manifest: field 'meta' is not an object")
+    expected = {TENSOR_CHUNK + t for t in tensors} | {BLOB_CHUNK + b for b in blobs}
+    for name in sorted(expected - set(layout.chunks)):
+        raise ArtifactError(f"manifest: {name.replace(':', ' ', 1)!r} has no chunk")
+    for name in sorted(set(layout.chunks) - expected):
+        raise ArtifactError(f"manifest: chunk {name!r} belongs to no tensor or blob")
+    entries, total = {}, 0
+    for name in sorted(tensors):
+        entry = check_entry(tensors[name], where=f"tensor {name!r}", max_elements=max_elements)
+        if entry.total_bytes != len(layout.chunks[TENSOR_CHUNK + name]):
+            raise ArtifactError(f"tensor {name!r}: its streams add up to {entry.total_bytes} "
+                                f"bytes, its chunk has {len(layout.chunks[TENSOR_CHUNK + name])}")
+        total += entry.count
+        if total > max_elements:
+            raise ArtifactError(f"the tensors declare more than {max_elements:,} elements in "
+                                "all (max_elements); the file is corrupt or not meant for "
+                                "this reader")
+        entries[name] = entry
+    return _Checked(layout, entries, sorted(blobs))
+
+
+def read_artifact(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Artifact:
+    """Check and decode .mzip bytes; raises ArtifactError naming the check that failed.
+    ``max_elements`` bounds the elements of all tensors together, checked before decoding."""
+    checked = _check(data, max_elements)
+    layout = checked.layout
+    arrays = {}
+    for name in checked.entries:
+        arrays[name] = decode_tensor(layout.manifest["tensors"][name],
+                                     layout.chunks[TENSOR_CHUNK + name],
+                                     where=f"tensor {name!r}", max_elements=max_elements)
+    blobs = {name: bytes(layout.chunks[BLOB_CHUNK + name]) for name in checked.blob_names}
+    return Artifact(manifest=layout.manifest, tensors=arrays, blobs=blobs)
+
+
+def read_artifact_file(path: str | os.PathLike[str], *,
+                       max_elements: int = DEFAULT_MAX_ELEMENTS) -> Artifact:
+    """``read_artifact`` on a file; errors name the path."""
+    data = load_artifact_bytes(path)
+    try:
+        return read_artifact(data, max_elements=max_elements)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{path}: {exc}") from None
+
+
+def load_artifact_bytes(path: str | os.PathLike[str]) -> bytes:
+    """A file's bytes; a missing or unreadable file is an ArtifactError naming the path."""
+    path = Path(path)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def _row(name: str, e: TensorEntry, size: int) -> dict[str, Any]:
+    coder = e.value_coder if e.index_coder is None else f"{e.index_coder}/{e.value_coder}"
+    return {
+        "name": name, "shape": list(e.shape), "dtype": e.dtype.name, "count": e.count,
+        "nonzeros": e.nonzeros, "layout": e.layout, "coder": coder,
+        "index_bits": 8 * e.index_bytes, "value_bits": 8 * e.value_bytes,
+        "codebook_bits": 8 * e.codebook_bytes, "bytes": size,
+        "bits_per_nonzero": 8 * size / e.nonzeros if e.nonzeros else None,
+    }
+
+
+def describe_artifact(data: bytes) -> list[dict]:
+    """Per tensor, in name order: name, shape, dtype, count, nonzeros, layout, coder (the
+    values' coder, after the index coder and a '/' for sparse layouts; "plain": the values'
+    own bytes), index_bits, value_bits, codebook_bits, bytes, bits_per_nonzero (None for an
+    all-zero tensor). Checks the whole file but decodes nothing."""
+    return summarize_artifact(data)["tensors"]
+
+
+def summarize_artifact(data: bytes) -> dict[str, Any]:
+    """``describe_artifact``'s rows under "tensors", plus where the file's bytes go:
+    file_bytes = header_bytes + manifest_bytes + tensor_bytes + blob_bytes + checksum_bytes
+    (manifest_json_bytes: the manifest inflated); and "blobs": {name: bytes}, "model",
+    "meta"."""
+    checked = _check(data, DEFAULT_MAX_ELEMENTS)
+    layout = checked.layout
+    rows = [_row(name, e, e.total_bytes) for name, e in checked.entries.items()]
+    blob_sizes = {name: len(layout.chunks[BLOB_CHUNK + name]) for name in checked.blob_names}
+    return {
+        "file_bytes": layout.file_size, "header_bytes": layout.header_size,
+        "manifest_bytes": layout.manifest_size, "manifest_json_bytes": layout.manifest_json_size,
+        "checksum_bytes": layout.checksum_size,
+        "tensor_bytes": sum(r["bytes"] for r in rows), "blob_bytes": sum(blob_sizes.values()),
+        "tensors": rows, "blobs": blob_sizes, "model": layout.manifest.get("model"),
+        "meta": layout.manifest.get("meta") or {},
+    }

@@ -1,0 +1,21 @@
+"""The ``modelzip`` console script. ``modelzip run ...`` goes straight to the torch-free
+runner (argparse, numpy, onnxruntime) without importing ``modelzip.cli``, whose typer, rich
+and torch the runner does not need; every other command goes to ``modelzip.cli``."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "run":
+        from modelzip.runtime.runner import main as run_main
+
+        sys.exit(run_main(sys.argv[2:]))
+    from modelzip.cli import main as cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()
