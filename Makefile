@@ -12,7 +12,8 @@ export MODELZIP_DATA
 endif
 endif
 
-.PHONY: demo test lint bench-baselines readme-table clean
+.PHONY: demo test lint bench-baselines bench-deep-compression bench-latency bench-runner \
+	readme-table clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +34,17 @@ lint: $(STAMP)
 
 bench-baselines: $(STAMP)
 	$(PY) bench/baselines.py
+
+bench-deep-compression: $(STAMP)
+	$(PY) bench/deep_compression.py
+
+# The latency benchmark also times torchao's PT2E int8 path: the `bench` extra.
+bench-latency: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,bench]'
+	$(PY) bench/latency.py
+
+bench-runner: $(STAMP)
+	$(PY) bench/runner.py
 
 readme-table: $(STAMP)
 	$(PY) bench/readme_table.py

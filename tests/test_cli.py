@@ -136,6 +136,11 @@ def test_demo_offline_sample(tmp_path: Path) -> None:
     assert ckpt.meta["metrics"]["total"] == 1000
     assert ckpt.meta["metrics"]["test_error_pct"] < 50
     assert "conv1" in result.stdout  # the rendered profile
+    # then the Deep Compression recipe: a .mzip, and the table with its size
+    artifact = out / "compressed" / "model.mzip"
+    assert artifact.is_file()
+    assert f"{artifact.stat().st_size:,} (.mzip)" in result.stdout
+    assert "deep-compression" in result.stdout
 
 
 # ---------------------------------------------------------------------------- user errors

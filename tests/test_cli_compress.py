@@ -9,10 +9,13 @@ import pytest
 import torch
 
 from modelzip.checkpoint import load_checkpoint
+from modelzip.codec.artifact import describe_artifact
+from modelzip.codec.model import unpack
 from modelzip.prune.masks import masks_from_zeros
 from tests.test_cli import assert_ok, assert_user_error, run_cli
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "checkpoints"
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench" / "checkpoints"
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,46 @@ def test_compress_with_recipe(lenet300: Path, tmp_path: Path) -> None:
     assert meta["compression"]["recipe"]["name"] == "quick"
     assert [next(iter(s)) for s in meta["compression"]["recipe"]["steps"]] == [
         "magnitude", "finetune"]
+    # the .mzip beside it rebuilds the saved model bit-exactly, and the table shows its size
+    artifact = out / "model.mzip"
+    size = artifact.stat().st_size
+    assert f"{size:,} (.mzip)" in result.stdout
+    packed = unpack(artifact.read_bytes())
+    saved = load_checkpoint(out).model
+    for (k, a), b in zip(saved.state_dict().items(), packed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert meta["metrics"]["total"] == 10000
+
+
+def test_deep_compression_recipe_shares_and_packs(lenet300: Path, tmp_path: Path) -> None:
+    """The shipped recipe end to end, shortened to one epoch per step, with the Huffman coder."""
+    text = (ROOT / "recipes" / "deep-compression.yaml").read_text()
+    text = (text.replace("final_epochs: 2", "final_epochs: 1").replace("rounds: 3", "rounds: 1")
+            .replace("finetune_epochs: 2", "finetune_epochs: 1")
+            .replace("coder: best", "coder: huffman"))
+    recipe = tmp_path / "dc.yaml"
+    recipe.write_text(text)
+    out = tmp_path / "dc"
+    assert_ok(run_cli("compress", lenet300, "--recipe", recipe, "--no-progress", "-o", out))
+    model = unpack((out / "model.mzip").read_bytes())
+    weights = [getattr(model, name).weight.detach() for name in ("fc1", "fc2", "fc3")]
+    kept = sum(int((w != 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert kept == pytest.approx(0.08, abs=0.002)  # global_sparsity 0.92
+    for w in weights:
+        assert 0 < torch.unique(w[w != 0]).numel() <= 32  # fc: 5 bits
+    rows = describe_artifact((out / "model.mzip").read_bytes())
+    assert {r["coder"].split("/")[-1] for r in rows if r["name"].endswith("weight")} <= {
+        "huffman", "plain"}
+
+
+def test_compress_refuses_a_diverged_step(lenet300: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "hot.yaml"
+    recipe.write_text("steps:\n  - magnitude: {sparsity: 0.9}\n"
+                      "  - kmeans: {bits: 2, finetune_epochs: 1, lr: 1.0e+30}\n")
+    out = tmp_path / "hot"
+    assert_user_error(run_cli("compress", lenet300, "--recipe", recipe, "--no-progress",
+                              "-o", out), "step 2 (kmeans)", "non-finite", "lr")
+    assert not (out / "model.mzip").exists()
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from modelzip.checkpoint import load_checkpoint
+from modelzip.codec.model import unpack
 from modelzip.data import ImageDataset
 from modelzip.errors import ConfigError
 from modelzip.prune.magnitude import MagnitudePruneConfig
@@ -302,14 +303,22 @@ def test_cli_lists_and_runs_kmeans(tmp_path: Path, data_root: Path) -> None:
     assert "kmeans:" in result.stdout and "uniform:" in result.stdout
     source = BENCH / "pruned" / "magnitude-lenet300-12x"
     out = tmp_path / "shared"
-    result = run_cli("prune", source, "--method", "kmeans", "--set", "bits=4",
-                     "--finetune-epochs", "0", "--no-progress", "-o", out)
+    result = run_cli("quantize", source, "--method", "kmeans", "--set", "bits=4",
+                     "--no-progress", "-o", out)
     assert_ok(result)
     original = load_checkpoint(source).model
     shared = load_checkpoint(out).model
     for name, w in prunable_weights(shared).items():
         assert torch.equal(w == 0, prunable_weights(original)[name] == 0)
         assert _distinct_nonzero(w.detach()) == 16
-    assert_user_error(run_cli("prune", source, "--method", "kmeans", "--set", "bits=9",
+    # the .mzip beside it holds the same weights
+    packed = unpack((out / "model.mzip").read_bytes())
+    for (k, a), b in zip(shared.state_dict().items(), packed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert_user_error(run_cli("quantize", source, "--method", "kmeans", "--set", "bits=9",
                               "--no-progress", "-o", tmp_path / "bad"), "bits")
     assert not (tmp_path / "bad").exists()
+    # prune refuses a quantizer: its fine-tuning step would undo the sharing
+    assert_user_error(run_cli("prune", source, "--method", "kmeans", "--no-progress",
+                              "-o", tmp_path / "bad2"), "modelzip quantize")
+    assert not (tmp_path / "bad2").exists()

@@ -117,6 +117,24 @@ def test_recipe_errors(tmp_path: Path, text: str, needle: str) -> None:
         load_recipe(path)
 
 
+def test_recipe_pack_settings(tmp_path: Path) -> None:
+    rec = Recipe.from_dict({"steps": [{"finetune": {}}]})
+    assert rec.pack == {"coder": "best"}
+    rec = Recipe.from_dict({"steps": [{"finetune": {}}], "pack": {"coder": "huffman"}})
+    assert rec.pack == {"coder": "huffman"} and rec.to_dict()["pack"] == {"coder": "huffman"}
+    with pytest.raises(ConfigError, match=r"pack\.coder"):
+        Recipe.from_dict({"steps": [{"finetune": {}}], "pack": {"coder": "zip"}})
+    with pytest.raises(ConfigError, match=r"pack\.level"):
+        Recipe.from_dict({"steps": [{"finetune": {}}], "pack": {"level": 9}})
+
+
+def test_shipped_recipes_load() -> None:
+    root = Path(__file__).resolve().parent.parent / "recipes"
+    names = {p.stem: load_recipe(p) for p in sorted(root.glob("*.yaml"))}
+    dc = names["deep-compression"]
+    assert [name for name, _ in dc.steps] == ["iterative-magnitude", "kmeans"]
+
+
 def test_missing_recipe_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="recipe file not found"):
         load_recipe(tmp_path / "none.yaml")

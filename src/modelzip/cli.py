@@ -371,12 +371,47 @@ def prune(
     """Prune a checkpoint, fine-tune it, print the before/after table and save it."""
     from modelzip.registry import config_from_dict
 
+    if method in QUANTIZERS:
+        raise ModelzipError(f"{method} quantizes rather than prunes; use: modelzip quantize "
+                            f"CHECKPOINT --method {method} (a plain fine-tuning step after it "
+                            "would undo the quantization)")
     steps = [(method, config_from_dict(method, _parse_sets(sets)))]
     if finetune_epochs > 0:
         steps.append(("finetune", config_from_dict("finetune", {"epochs": finetune_epochs})))
     _run_steps(checkpoint, out, steps, {}, dataset=dataset, data=data,
                finetune_epochs=finetune_epochs or None, lr=lr, progress=progress,
                recipe_name=f"prune --method {method}")
+
+
+QUANTIZERS = ("kmeans", "uniform")
+
+
+@app.command()
+def quantize(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="checkpoint folder to write")],
+    method: Annotated[str, typer.Option(help="kmeans (weight sharing) or uniform")
+                      ] = "kmeans",
+    sets: Annotated[list[str] | None, typer.Option("--set", help="technique option "
+                                                   "KEY=VALUE (repeatable), e.g. --set bits=5 "
+                                                   "--set finetune_epochs=1")] = None,
+    coder: Annotated[str, typer.Option(help="coder of the .mzip: best, huffman, rans, raw")
+                     ] = "best",
+    dataset: Annotated[str | None, typer.Option(help="default: the checkpoint's")] = None,
+    data: Annotated[Path | None, typer.Option(help="folder holding the dataset")] = None,
+    progress: bool = True,
+) -> None:
+    """Quantize the weights of a checkpoint (pruned weights stay zero); save it as a
+    checkpoint and as OUT/model.mzip and print the before/after table. Fine-tuning is the
+    technique's own (kmeans: finetune_epochs, centroids only; uniform: qat_epochs)."""
+    from modelzip.registry import config_from_dict
+
+    if method not in QUANTIZERS:
+        raise ModelzipError(f"--method must be one of {', '.join(QUANTIZERS)}, got {method!r}")
+    steps = [(method, config_from_dict(method, _parse_sets(sets)))]
+    _run_steps(checkpoint, out, steps, {}, dataset=dataset, data=data, finetune_epochs=None,
+               lr=None, progress=progress, recipe_name=f"quantize --method {method}",
+               pack_coder=coder)
 
 
 @app.command()
