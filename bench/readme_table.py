@@ -125,9 +125,189 @@ def _pruning(doc: dict[str, Any]) -> str:
     return "\n".join(out).rstrip()
 
 
+def _runner(doc: dict[str, Any]) -> str:
+    rows = doc["models"]
+    mib = 2**20
+    first = rows[0]
+    sizes = {d: first["closure_" + d.replace("-", "_") + "_bytes"]
+             for d in first["closure_distributions"]}
+    dists = ", ".join(f"{d} {size / mib:.1f} MiB" for d, size in sizes.items())
+    out = ["### On-board runner (`bench/runner.py`)", "",
+           "`modelzip run FILE.mzip --input images.npy`: numpy + onnxruntime + modelzip's "
+           "decoder, no torch, no onnx. The .mzip carries the ONNX graph without its weights, "
+           "which modelzip's coder stores. Peak memory: one inference at batch 1, 1 thread, in a "
+           "fresh process (RSS high-water mark). Error: the runner on the full test split, fed "
+           f"uint8 images that it normalizes. Generated {doc['generated_utc']} on "
+           f"{doc['machine']}, onnxruntime {doc['onnxruntime_version']}.", "",
+           "| model | variant | .mzip bytes | test error % (errors) | PyTorch % | agrees with "
+           "PyTorch | peak RSS after load | + first inference | `modelzip run` peak RSS |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| `{r['model']}` | {r['variant']} | {r['file_bytes']:,} | "
+                   f"{r['test_error_pct']:.2f} ({r['test_errors']}) | "
+                   f"{r['pytorch_test_error_pct']:.2f} | {r['agreement_with_pytorch_pct']:.2f}% | "
+                   f"{r['peak_rss_after_load_bytes'] / mib:.1f} MiB | "
+                   f"{r['inference_peak_extra_bytes'] / 1024:.0f} KiB | "
+                   f"{r['command_peak_rss_bytes'] / mib:.1f} MiB |")
+    out += ["", f"Import closure: {first['closure_installed_bytes'] / mib:.1f} MiB installed "
+            f"({dists}, modelzip files {first['closure_modelzip_bytes'] / 1024:.0f} KiB; the "
+            f"Python standard library not counted), of which "
+            f"{first['closure_loaded_files_bytes'] / mib:.1f} MiB of files are loaded. Heavy "
+            f"modules imported: {', '.join(first['closure_heavy_modules']) or 'none'}."]
+    return "\n".join(out)
+
+
+def _deep_compression(doc: dict[str, Any]) -> str:
+    rows = doc["models"]
+    out = ["### Deep Compression and beyond (`bench/deep_compression.py`)", "",
+           "Pruned (Han et al. 2015) -> k-means weight sharing with centroid fine-tuning -> "
+           ".mzip. Error: the model unpacked from the .mzip file, on all 10,000 MNIST test "
+           "images. Size: the whole file (header, manifest, biases, codebooks, checksums). "
+           "Ratio: dense fp32 bytes of all parameters / file bytes. The smallest file is chosen "
+           "on 5,000 held-out validation images (target less one standard error); its test "
+           f"error is only reported. Generated {doc['generated_utc']} on {doc['machine']}.", "",
+           "| experiment | from | bits | coder | file bytes | ratio | test error % (errors) "
+           "| target | met | unpack ms |",
+           "|---|---|---|---|---:|---:|---:|---|---|---:|"]
+    for r in rows:
+        bits = r["settings"]["bits"]
+        bits_text = "/".join(str(b) for b in bits.values()) if isinstance(bits, dict) else bits
+        method = r["settings"]["method"]
+        name = f"**{r['experiment']}**" if r.get("chosen_smallest") else r["experiment"]
+        out.append(
+            f"| {name} | {r['starts_from']} | {bits_text} ({method}) | {r['coder']} | "
+            f"{r['file_bytes']:,} | {r['ratio']:.1f}x | {r['test_error_pct']:.2f} "
+            f"({r['test_errors']}) | <= {r['target_file_bytes'] / 1000:.1f} KB, "
+            f"<= {r['target_error_pct']}% | {'yes' if r['target_met'] else 'no'} | "
+            f"{1000 * r['unpack_s']:.0f} |")
+    for r in rows:
+        if not ((r["kind"] == "paper-recipe" and r["coder"] == "best")
+                or r.get("chosen_smallest")):
+            continue
+        out += ["", f"Per layer, `{r['experiment']}` (as Deep Compression Tables 2-3; bits "
+                    "include each coder's tables):", "",
+                "| layer | weights | kept % | shared values | layout | coder | index bits | "
+                "value bits | codebook bits | bytes | bits / non-zero |",
+                "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|"]
+        for layer in r["layers"]:
+            out.append(f"| {layer['layer']} | {layer['weights']:,} | {layer['kept_pct']:.1f} | "
+                       f"{layer['distinct_values']} | {layer['layout']} | {layer['coder']} | "
+                       f"{layer['index_bits']:,} | {layer['value_bits']:,} | "
+                       f"{layer['codebook_bits']:,} | {layer['bytes']:,} | "
+                       f"{layer['bits_per_nonzero']:.2f} |")
+        if r.get("coders"):
+            out += ["", f"Coders on `{r['experiment']}`'s streams, bits per symbol (tables "
+                        "included) next to the empirical entropy:", "",
+                    "| layer | stream | symbols | entropy | Huffman | rANS | rANS without "
+                    "its table (vs entropy) | rANS table bytes | fixed width |",
+                    "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+            for c in r["coders"]:
+                out.append(f"| {c['layer']} | {c['stream']} | {c['symbols']:,} | "
+                           f"{c['entropy_bits_per_symbol']:.3f} | "
+                           f"{c['huffman_bits_per_symbol']:.3f} | "
+                           f"{c['rans_bits_per_symbol']:.3f} | "
+                           f"{c['rans_payload_bits_per_symbol']:.3f} "
+                           f"({c['rans_payload_over_entropy_pct']:+.2f}%) | "
+                           f"{c['rans_table_bytes']} | {c['raw_bits_per_symbol']:.3f} |")
+    out += ["", "![size vs error](bench/results/deep_compression_tradeoff.png)"]
+    return "\n".join(out)
+
+
+def _latency(doc: dict[str, Any]) -> str:
+    rows = doc["models"]
+    cells = [(b, t) for b in doc["settings"]["batch_sizes"] for t in doc["settings"]["threads"]]
+    out = ["### Latency: fp32 vs int8 operators (`bench/latency.py`)", "",
+           f"Median ms over {doc['settings']['runs_per_variant']} runs (interleaved rounds, "
+           f"after warm-up) and speedup vs fp32 PyTorch eager in the same group; error on the "
+           f"full test split. {doc['cpu_model']} ({doc['cpu_count']} cores, int8-relevant "
+           f"flags: {', '.join(doc['cpu_int8_flags']) or 'none'}), onnxruntime "
+           f"{doc['onnxruntime_version']}, torch {doc['torch_version']}, torchao "
+           f"{doc['torchao_version']}. Generated {doc['generated_utc']}.", ""]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        out += [f"`{model}`:", "",
+                "| variant | test error % (errors) | "
+                + " | ".join(f"batch {b}, {t} thr" for b, t in cells) + " |",
+                "|---|---:|" + "---:|" * len(cells)]
+        for variant in dict.fromkeys(r["variant"] for r in mine):
+            vr = {(r["batch_size"], r["threads"]): r for r in mine if r["variant"] == variant}
+            first = next(iter(vr.values()))
+            out.append(f"| {variant} | {first['test_error_pct']:.2f} ({first['test_errors']}) | "
+                       + " | ".join(f"{vr[c]['latency_ms_median']:.3f} "
+                                    f"({vr[c]['speedup_vs_fp32_eager']:.2f}x)" for c in cells)
+                       + " |")
+        out.append("")
+    for variant, t in doc.get("targets_eurosat_cnn", {}).items():
+        out.append(f"- `eurosat_cnn` {variant}: {t['target']}: {t['speedup']:.2f}x, "
+                   f"{t['accuracy_drop_points']:+.2f} points: "
+                   f"{'met' if t['met'] else '**not met**'}")
+    out += [f"- {doc['int8_path']}",
+            "- lenet300/lenet5 `pruned-int8-ort` are magnitude-pruned (zeros in dense tensors): "
+            "no speedup from the pruning is expected there; eurosat_cnn's is structurally "
+            "pruned (channels removed).", ""]
+    calib = doc.get("calibration") or []
+    if calib:
+        keys = list(dict.fromkeys((c["method"], c["weight_bits"]) for c in calib))
+        out += ["int8 test errors by calibration method and weight bits (7 = onnxruntime's "
+                "`reduce_range`, the default: no VNNI here, so 8-bit weights can saturate):",
+                "", "| model | " + " | ".join(f"{m}, {b}-bit" for m, b in keys) + " |",
+                "|---|" + "---:|" * len(keys)]
+        for model in dict.fromkeys(c["model"] for c in calib):
+            by = {(c["method"], c["weight_bits"]): c for c in calib if c["model"] == model}
+            out.append(f"| `{model}` | " + " | ".join(
+                f"{by[k]['test_error_pct']:.2f} ({by[k]['test_errors']})" for k in keys) + " |")
+        out.append("")
+    inv = doc.get("investigation")
+    if inv:
+        out += [f"`eurosat_cnn`, batch {inv['batch_size']}, {inv['threads']} thread: graph "
+                "optimization levels and formats", "", "| variant | median ms | speedup |",
+                "|---|---:|---:|"]
+        for t in inv["timing"]:
+            out.append(f"| {t['variant']} | {t['latency_ms_median']:.3f} | "
+                       f"{t['speedup_vs_fp32_eager']:.2f}x |")
+        out += ["", "onnxruntime profile (batch 1, 1 thread), us per run: all kernels, and "
+                "each convolution in graph order:", "", "| graph | kernels | convolutions |",
+                "|---|---:|---|"]
+        for label, key in (("fp32", "profile_fp32_ort"), ("int8", "profile_int8_ort"),
+                           ("pruned fp32", "profile_pruned_fp32_ort"),
+                           ("pruned int8", "profile_pruned_int8_ort")):
+            prof = inv.get(key)
+            if prof:
+                convs = ", ".join(f"{us:.0f}" for us in prof.get(
+                    "conv_us_per_run_in_graph_order", []))
+                out.append(f"| {label} | {prof['kernel_us_per_run']:.0f} | {convs} |")
+    return "\n".join(out).rstrip()
+
+
+def _int8_qat(doc: dict[str, Any]) -> str:
+    out = ["### int8 with a quantization-aware training fallback (`bench/int8_qat.py`)", "",
+           f"{doc['description']}. Errors on the full test split, run by onnxruntime; the "
+           "choice is made on held-out validation images. Generated "
+           f"{doc['generated_utc']}.", "",
+           "| model | int8 setting | fp32 | post-training int8 | after QAT | val drop before "
+           "-> after QAT (allowed) | QAT |",
+           "|---|---|---:|---:|---:|---|---|"]
+    for r in doc["models"]:
+        qat = (f"{r['qat_settings']['epochs']} epochs on {r['qat_settings']['images']:,} "
+               f"images, {r['qat_wall_time_s']:.0f} s" if r["qat_ran"] else "not needed")
+        after = r["qat_val_drop_points"]
+        out.append(f"| `{r['model']}` ({r['checkpoint'].split('/')[-1]}) | {r['quantization']} "
+                   f"| {r['fp32_test_error_pct']:.2f} ({r['fp32_test_errors']}) | "
+                   f"{r['ptq_test_error_pct']:.2f} ({r['ptq_test_errors']}) | "
+                   f"{r['int8_test_error_pct']:.2f} ({r['int8_test_errors']}) | "
+                   f"{r['ptq_val_drop_points']:+.2f} -> "
+                   f"{'-' if after is None else f'{after:+.2f}'} ({r['allowed_drop_points']}) "
+                   f"| {qat}{', used' if r['qat_used'] else ''} |")
+    return "\n".join(out)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "baselines.json": _baselines,
     "pruning.json": _pruning,
+    "deep_compression.json": _deep_compression,
+    "latency.json": _latency,
+    "int8_qat.json": _int8_qat,
+    "runner.json": _runner,
     "sparse_timing.json": _sparse_timing,
 }
 

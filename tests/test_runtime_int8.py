@@ -236,6 +236,10 @@ def test_qat_fallback_runs_only_when_int8_loses_too_much(mnist_train, calibratio
     with pytest.raises(ConfigError, match="training data"):
         # an impossible bound (int8 would have to beat fp32 by 100 points) forces QAT
         int8_with_qat_fallback(model, calibration, test_subset, allowed_drop_points=-100)
+    with pytest.raises(ConfigError, match="per_channel=True"):
+        # QAT simulates per-channel weight scales; per-tensor ones it cannot
+        int8_with_qat_fallback(model, calibration, test_subset, allowed_drop_points=-100,
+                               ctx=Context(train_data=mnist_train), per_channel=False)
     ctx = Context(train_data=mnist_train, progress=False,
                   finetune=TrainConfig(epochs=1, batch_size=64, lr=0.01))
     result = int8_with_qat_fallback(model, calibration, test_subset, allowed_drop_points=-100,

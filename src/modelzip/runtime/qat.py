@@ -231,6 +231,12 @@ def int8_with_qat_fallback(model: nn.Module, calibration: np.ndarray, val_data: 
                    "allowed_drop_points": allowed_drop_points, "qat": None})
     if drop <= allowed_drop_points:
         return Int8Result(int8, fp32, model, report)
+    if not quantize_options.get("per_channel", True):
+        # Per-tensor scales of BatchNorm-folded weights cannot be simulated on the unfolded
+        # weights (folding rescales each channel differently); per-channel ones can.
+        raise ConfigError(f"int8 loses {drop:.2f} points (> {allowed_drop_points}); "
+                          "quantization-aware training simulates per-channel weight scales "
+                          "only: quantize with per_channel=True")
     if ctx is None or ctx.train_data is None:
         raise ConfigError(f"int8 loses {drop:.2f} points (> {allowed_drop_points}); "
                           "quantization-aware training needs training data: pass "
