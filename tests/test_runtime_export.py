@@ -91,6 +91,23 @@ def test_magnitude_pruned_model_matches_on_real_images(mnist_test) -> None:
     export_onnx(model, check_inputs=x, atol=ATOL)
 
 
+def test_weight_shared_model_exports_its_shared_values(mnist_test) -> None:
+    """A pruned, k-means-shared model (as bench/deep_compression.py ships it) exports with
+    its shared values expanded: the graph's weights hold the same few values, zeros kept."""
+    from modelzip.codec.model import unpack
+
+    artifact = CHECKPOINTS.parent / "results" / "mzip" / "grid-lenet5-max-3bit-lloyd.mzip"
+    model = unpack(artifact.read_bytes())
+    x = mnist_test.normalize(mnist_test.images[:64])
+    graph = _graph(export_onnx(model, check_inputs=x, atol=ATOL))
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in graph.graph.initializer}
+    for name in ("fc1.weight", "conv2.weight"):
+        layer = dict(model.named_parameters())[name].detach().numpy()
+        exported = weights[name]
+        np.testing.assert_array_equal(exported == 0, layer == 0)
+        assert len(np.unique(exported[exported != 0])) <= 8  # 3 bits
+
+
 def test_sparse_csr_layers_export_as_dense() -> None:
     torch.manual_seed(0)
     model = apply_technique(build_model("lenet300"), MagnitudePruneConfig(sparsity=0.9),
