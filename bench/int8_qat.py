@@ -46,7 +46,7 @@ CALIBRATION_IMAGES = 300
 # 8-bit weights (no reduce_range): on this AVX2 CPU without VNNI they lose more accuracy
 # than modelzip's default 7-bit ones (bench/latency.py), so post-training int8 drops more.
 QUANTIZE = {"method": "minmax", "per_channel": True, "reduce_range": False}
-QAT = Int8QatConfig(epochs=2, lr=0.002, images=8000)
+QAT = Int8QatConfig(epochs=2, lr=0.002, images=8000, reduce_range=False)  # 8-bit, as deployed
 FINETUNE = TrainConfig(batch_size=128, lr=0.02, weight_decay=5e-4, schedule="cosine",
                        augment="flips", seed=0)
 

@@ -281,7 +281,8 @@ def _latency(doc: dict[str, Any]) -> str:
 
 def _int8_qat(doc: dict[str, Any]) -> str:
     out = ["### int8 with a quantization-aware training fallback (`bench/int8_qat.py`)", "",
-           f"{doc['description']}. Errors on the full test split, run by onnxruntime; the "
+           f"{doc['description'].capitalize()}. Errors on the full test split, run by "
+           "onnxruntime; the "
            "choice is made on held-out validation images. Generated "
            f"{doc['generated_utc']}.", "",
            "| model | int8 setting | fp32 | post-training int8 | after QAT | val drop before "

@@ -243,9 +243,11 @@ def test_qat_fallback_runs_only_when_int8_loses_too_much(mnist_train, calibratio
     ctx = Context(train_data=mnist_train, progress=False,
                   finetune=TrainConfig(epochs=1, batch_size=64, lr=0.01))
     result = int8_with_qat_fallback(model, calibration, test_subset, allowed_drop_points=-100,
-                                    ctx=ctx, qat=Int8QatConfig(images=512))
+                                    ctx=ctx, qat=Int8QatConfig(images=512), reduce_range=False)
     qat = result.report["qat"]
     assert qat is not None and qat["record"]["step"] == "int8-qat"
+    # QAT simulated the deployed 8-bit weight grid, not its own default (7-bit)
+    assert qat["config"]["reduce_range"] is False and qat["record"]["reduce_range"] is False
     assert result.report["fp32_val_error_pct"] <= 2.0
     assert qat["int8_val_error_pct"] <= result.report["fp32_val_error_pct"] + 2.0
     assert (result.model is not model) == qat["used"]

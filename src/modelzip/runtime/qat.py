@@ -241,7 +241,9 @@ def int8_with_qat_fallback(model: nn.Module, calibration: np.ndarray, val_data: 
         raise ConfigError(f"int8 loses {drop:.2f} points (> {allowed_drop_points}); "
                           "quantization-aware training needs training data: pass "
                           "ctx=Context(train_data=...)")
-    qat_cfg = qat or Int8QatConfig(reduce_range=quantize_options.get("reduce_range", True))
+    # QAT must simulate the weight grid that is deployed: take it from the quantize options.
+    qat_cfg = dataclasses.replace(qat or Int8QatConfig(),
+                                  reduce_range=quantize_options.get("reduce_range", True))
     trained = int8_qat(copy.deepcopy(model), qat_cfg, ctx)
     qat_fp32 = export_onnx(trained, check_inputs=check)
     qat_int8, qat_report = quantize_onnx_int8(qat_fp32, calibration, **quantize_options)
