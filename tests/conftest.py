@@ -35,6 +35,15 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     shutil.rmtree(cache, ignore_errors=True)
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for the test (timing-free, but less contention under -n 2)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def data_root(isolated_env: Path) -> Path:
     """The real data folder ($MODELZIP_DATA). Missing data is a failure, never a skip."""

@@ -4,7 +4,6 @@ fine-tuning, unchanged state_dict keys, configs from YAML/CLI values, and the CL
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,12 +28,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "checkpoints"
 FAST = TrainConfig(epochs=1, batch_size=64, lr=0.01, schedule="constant")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

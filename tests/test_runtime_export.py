@@ -27,12 +27,7 @@ CHECKPOINTS = Path(__file__).resolve().parent.parent / "bench" / "checkpoints"
 ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _inputs(model: nn.Module, n: int = 8, seed: int = 0) -> torch.Tensor:

@@ -33,12 +33,7 @@ from modelzip.zoo import build_model
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "bench" / "checkpoints"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +256,7 @@ def test_cli_export_int8_writes_a_graph_that_runs_int8_kernels(tmp_path: Path,
     from tests.test_cli import assert_user_error, run_cli
 
     out = tmp_path / "lenet5-int8.onnx"
-    result = run_cli("export", CHECKPOINTS / "lenet5", "-o", out, "--int8", "--calibration",
+    result = run_cli("export", CHECKPOINTS / "lenet5", "-o", out, "--int8", "--calibration-images",
                      "64", "--method", "percentile", "--evaluate")
     assert result.returncode == 0, result.stderr
     assert "percentile calibration on 64 images" in result.stdout
@@ -271,3 +266,15 @@ def test_cli_export_int8_writes_a_graph_that_runs_int8_kernels(tmp_path: Path,
                       "--int8")
     assert_user_error(run_cli("export", CHECKPOINTS / "lenet5", "-o", out, "--int8",
                               "--method", "mse"), "minmax")
+    # pack-onnx takes the same int8 options and writes a .mzip that carries the graph
+    from modelzip.codec.artifact import summarize_artifact
+
+    mzip = tmp_path / "lenet5-int8.mzip"
+    result = run_cli("pack-onnx", CHECKPOINTS / "lenet5", "-o", mzip, "--int8",
+                     "--calibration-images", "32", "--method", "minmax")
+    assert result.returncode == 0, result.stderr
+    assert summarize_artifact(mzip.read_bytes())["blobs"]
+    bad = tmp_path / "never.mzip"
+    assert_user_error(run_cli("pack-onnx", CHECKPOINTS / "lenet5", "-o", bad, "--int8",
+                              "--calibration-images", "0"), "--calibration-images")
+    assert not bad.exists()

@@ -497,16 +497,38 @@ def techniques() -> None:
         _console().print(f"[bold]{name}[/]: {tech.summary}\n    options: {opts}")
 
 
+# Options of the int8 commands (export, pack-onnx): the same names and meaning in both.
+Int8Flag = Annotated[bool, typer.Option("--int8", help="static int8 operators (QDQ), "
+                                                      "calibrated on training images")]
+CalibrationImages = Annotated[int, typer.Option(help="seeded training images for the int8 "
+                                                     "calibration")]
+CalibrationMethod = Annotated[str, typer.Option(help="int8 calibration: minmax, percentile "
+                                                     "or entropy")]
+
+
+def _calibration_images(name: str, data: Path | None, images: int, method: str):
+    """A seeded subset of the training split less its held-out 10%, as a float32 NCHW array
+    normalized like the training data; checks the calibration options first."""
+    from modelzip.data import load_dataset, train_val_split
+    from modelzip.runtime.int8 import CALIBRATION_METHODS
+
+    if method not in CALIBRATION_METHODS:
+        raise ModelzipError(f"--method must be one of {', '.join(CALIBRATION_METHODS)}, "
+                            f"got {method!r}")
+    if images < 1:
+        raise ModelzipError(f"--calibration-images must be >= 1, got {images}")
+    train, _ = train_val_split(load_dataset(name, "train", data), 0.1, seed=0)
+    calib = _train_subset(train, images, seed=0)
+    return calib.normalize(calib.images).numpy()
+
+
 @app.command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder")],
     out: Annotated[Path, typer.Option("-o", "--out", help="ONNX file to write")],
-    int8: Annotated[bool, typer.Option("--int8", help="static int8 operators (QDQ), "
-                                                      "calibrated on training images")] = False,
-    calibration: Annotated[int, typer.Option(help="seeded training images for the int8 "
-                                                  "calibration")] = 300,
-    method: Annotated[str, typer.Option(help="int8 calibration: minmax, percentile or "
-                                             "entropy")] = "minmax",
+    int8: Int8Flag = False,
+    calibration_images: CalibrationImages = 300,
+    method: CalibrationMethod = "minmax",
     max_drop: Annotated[float | None, typer.Option(
         help="with --int8: when int8 loses more than this many points on held-out training "
              "images, fine-tune with quantization-aware training and quantize again")] = None,
@@ -522,15 +544,10 @@ def export(
     import torch
 
     from modelzip.checkpoint import load_checkpoint, write_atomic
-    from modelzip.data import load_dataset, train_val_split
+    from modelzip.data import load_dataset
     from modelzip.runtime.export import evaluate_onnx, export_onnx
-    from modelzip.runtime.int8 import CALIBRATION_METHODS, quantize_onnx_int8
+    from modelzip.runtime.int8 import quantize_onnx_int8
 
-    if method not in CALIBRATION_METHODS:
-        raise ModelzipError(f"--method must be one of {', '.join(CALIBRATION_METHODS)}, "
-                            f"got {method!r}")
-    if calibration < 1:
-        raise ModelzipError(f"--calibration must be >= 1, got {calibration}")
     if max_drop is not None and not int8:
         raise ModelzipError("--max-drop applies to int8 export; add --int8")
     con = _console()
@@ -541,21 +558,18 @@ def export(
     test = load_dataset(name, "test", data) if evaluate else None
     report = None
     if int8:
+        images = _calibration_images(name, data, calibration_images, method)
         if max_drop is not None:
             from modelzip.runtime.qat import int8_with_qat_fallback
 
             ctx = _context(ckpt, name, data, None, None, progress)
-            calib = _train_subset(ctx.train_data, calibration, seed=0)
-            result = int8_with_qat_fallback(
-                ckpt.model, calib.normalize(calib.images).numpy(), ctx.val_data,
-                allowed_drop_points=max_drop, ctx=ctx, method=method)
+            result = int8_with_qat_fallback(ckpt.model, images, ctx.val_data,
+                                            allowed_drop_points=max_drop, ctx=ctx,
+                                            method=method)
             fp32, blob, report = result.fp32, result.int8, result.report
         else:
-            train, _ = train_val_split(load_dataset(name, "train", data), 0.1, seed=0)
-            calib = _train_subset(train, calibration, seed=0)
-            images = calib.normalize(calib.images)
-            fp32 = export_onnx(ckpt.model, check_inputs=images[:64])
-            blob, report = quantize_onnx_int8(fp32, images.numpy(), method=method)
+            fp32 = export_onnx(ckpt.model, check_inputs=torch.from_numpy(images[:64]))
+            blob, report = quantize_onnx_int8(fp32, images, method=method)
     else:
         if name:
             check_ds = test if test is not None else load_dataset(name, "test", data)
@@ -660,18 +674,14 @@ def _builtin_recipe(name: str) -> Path:
 def pack_onnx(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder")],
     out: Annotated[Path, typer.Option("-o", "--out", help=".mzip file to write")],
-    int8: Annotated[bool, typer.Option("--int8", help="static int8 operators (QDQ), "
-                                                      "calibrated on training images")] = False,
-    calibration_images: Annotated[int, typer.Option(help="seeded training images for int8 "
-                                                         "calibration")] = 300,
-    method: Annotated[str, typer.Option(help="int8 calibration: minmax, percentile or "
-                                             "entropy")] = "minmax",
+    int8: Int8Flag = False,
+    calibration_images: CalibrationImages = 300,
+    method: CalibrationMethod = "minmax",
     dataset: Annotated[str | None, typer.Option(help="default: the checkpoint's")] = None,
     data: Annotated[Path | None, typer.Option(help="folder holding the dataset")] = None,
 ) -> None:
     """Pack a checkpoint with its ONNX graph (fp32 or --int8) for the torch-free `run`."""
     from modelzip.checkpoint import load_checkpoint, write_atomic
-    from modelzip.data import load_dataset
     from modelzip.runtime.onnx_artifact import pack_model_onnx
 
     ckpt = load_checkpoint(checkpoint)
@@ -685,10 +695,7 @@ def pack_onnx(
         if not name:
             raise ModelzipError("the checkpoint does not record its dataset; pass --dataset "
                                 "for the int8 calibration images")
-        if calibration_images < 1:
-            raise ModelzipError(f"--calibration-images must be >= 1, got {calibration_images}")
-        train = _train_subset(load_dataset(name, "train", data), calibration_images, seed=0)
-        calibration = train.normalize(train.images).numpy()
+        calibration = _calibration_images(name, data, calibration_images, method)
     blob = pack_model_onnx(ckpt.model, int8=int8, calibration=calibration, meta=meta,
                            calibration_method=method)
     write_atomic(out, blob)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ __all__ = [
     "config_from_dict",
     "get_technique",
     "list_techniques",
+    "normalise_layers",
     "register_technique",
 ]
 
@@ -163,6 +164,27 @@ def _coerce(value: Any, annotation: Any, key: str, technique: str) -> Any:
             raise ConfigError(f"{technique}: {key} must be a string, got {value!r}")
         return value
     return value
+
+
+def normalise_layers(config: Any, technique: str, per_layer: str, verb: str) -> None:
+    """Fix up a frozen config's ``layers`` (a name -> a tuple; empty refused) and its
+    per-layer mapping field ``per_layer`` (-> a plain dict), refusing both together: the
+    mapping names the layers. ``verb`` words the message ("prune", "quantize")."""
+    layers = config.layers
+    mapping = getattr(config, per_layer)
+    if isinstance(layers, str):
+        layers = (layers,)
+    if layers is not None:
+        layers = tuple(layers)
+        if not layers:
+            raise ConfigError(f"{technique}: layers is empty; leave it out to {verb} every "
+                              "Linear and Conv weight")
+        if isinstance(mapping, Mapping):
+            raise ConfigError(f"{technique}: give either layers or a per-layer {per_layer} "
+                              "mapping, not both (the mapping names the layers)")
+    object.__setattr__(config, "layers", layers)  # frozen dataclass
+    if isinstance(mapping, Mapping):
+        object.__setattr__(config, per_layer, dict(mapping))
 
 
 def config_from_dict(name: str, values: dict[str, Any] | None) -> Any:

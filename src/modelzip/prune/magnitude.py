@@ -35,7 +35,7 @@ from modelzip.prune.schedules import (
     han_dropout,
     round_sparsities,
 )
-from modelzip.registry import Context, register_technique
+from modelzip.registry import Context, normalise_layers, register_technique
 from modelzip.train import TrainConfig, evaluate, fit
 
 __all__ = [
@@ -165,21 +165,7 @@ def _check_targets(technique: str, sparsity: Any, global_sparsity: Any,
 
 
 def _normalise_layers(config: Any, technique: str) -> None:
-    # Frozen dataclass: fix up fields through object.__setattr__.
-    layers = config.layers
-    if isinstance(layers, str):
-        layers = (layers,)
-    if layers is not None:
-        layers = tuple(layers)
-        if not layers:
-            raise ConfigError(f"{technique}: layers is empty; leave it out to prune every "
-                              "Linear and Conv weight")
-        if isinstance(config.sparsity, dict):
-            raise ConfigError(f"{technique}: give either layers or a per-layer sparsity "
-                              "mapping, not both (the mapping names the layers)")
-    object.__setattr__(config, "layers", layers)
-    if isinstance(config.sparsity, Mapping):
-        object.__setattr__(config, "sparsity", dict(config.sparsity))
+    normalise_layers(config, technique, "sparsity", "prune")
 
 
 @dataclass(frozen=True)

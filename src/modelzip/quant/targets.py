@@ -14,6 +14,7 @@ from torch.nn.utils import parametrize
 from modelzip.errors import ConfigError
 from modelzip.prune.masks import masks_from_zeros, prunable_weights
 from modelzip.registry import Context
+from modelzip.registry import normalise_layers as normalise_layer_choice
 
 __all__ = ["is_conv", "kept_masks", "layer_of", "normalise_layers", "parametrized_name",
            "parametrized_weights", "plan_bits"]
@@ -28,24 +29,10 @@ def is_conv(module: nn.Module) -> bool:
 
 
 def normalise_layers(config: Any, technique: str) -> None:
-    """Fix up a frozen config's ``layers`` (a name -> a tuple) and refuse ``layers`` together
-    with a per-layer ``bits`` mapping (the mapping names the layers)."""
-    layers = config.layers
-    if isinstance(layers, str):
-        layers = (layers,)
-    if layers is not None:
-        layers = tuple(layers)
-        if not layers:
-            raise ConfigError(f"{technique}: layers is empty; leave it out to quantize every "
-                              "Linear and Conv weight")
-        if isinstance(config.bits, Mapping):
-            raise ConfigError(f"{technique}: give either layers or a per-layer bits mapping, "
-                              "not both (the mapping names the layers)")
-    object.__setattr__(config, "layers", layers)
-    if isinstance(config.bits, Mapping):
-        if not config.bits:
-            raise ConfigError(f"{technique}: the bits mapping is empty; name at least one layer")
-        object.__setattr__(config, "bits", dict(config.bits))
+    """``layers`` and a per-layer ``bits`` mapping, as for pruning; an empty mapping too."""
+    normalise_layer_choice(config, technique, "bits", "quantize")
+    if isinstance(config.bits, Mapping) and not config.bits:
+        raise ConfigError(f"{technique}: the bits mapping is empty; name at least one layer")
 
 
 def _resolve(model: nn.Module, names: list[str], technique: str) -> dict[str, str]:
