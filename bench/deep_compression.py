@@ -142,12 +142,13 @@ def layer_rows(model: nn.Module, tensors: list[dict[str, Any]]) -> list[dict[str
             continue
         w = module.weight.detach()
         nz = w[w != 0]
+        distinct = int(torch.unique(nz).numel())
         t = by_name[f"{name}.weight"]
         rows.append({"layer": name, "weights": w.numel(), "nonzero": int(nz.numel()),
                      "kept_pct": round(100.0 * nz.numel() / w.numel(), 2),
-                     "distinct_values": int(torch.unique(nz).numel()),
-                     "bits_per_value": math.ceil(math.log2(max(torch.unique(nz).numel(), 2))),
-                     **{k: t[k] for k in t if k not in ("name",)}})
+                     "distinct_values": distinct,
+                     "bits_per_value": math.ceil(math.log2(max(distinct, 2))),
+                     **{k: t[k] for k in t if k != "name"}})
     return rows
 
 

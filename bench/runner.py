@@ -250,7 +250,6 @@ def run_variants(name: str, label: str, model: torch.nn.Module, train: ImageData
                  test: ImageDataset, meta: dict[str, Any], workdir: Path, one_image: Path
                  ) -> list[dict[str, Any]]:
     """fp32 and int8 artifacts of one model, each measured as the runner runs it."""
-    ds_meta = {"name": meta["dataset"]}
     print(f"== {name} {label or 'trained'}: exporting, quantizing (int8, "
           f"{CALIBRATION_IMAGES} calibration images)", flush=True)
     fp32_onnx = export_onnx(model, check_inputs=test.normalize(test.images[:64]))
@@ -275,7 +274,7 @@ def run_variants(name: str, label: str, model: torch.nn.Module, train: ImageData
         mem = probe(mzip, one_image)
         row: dict[str, Any] = {
             "model": name, "variant": variant, "source": label or "trained",
-            "dataset": ds_meta["name"],
+            "dataset": meta["dataset"],
             "nonzero_params": int(sum(int((p != 0).sum()) for p in model.parameters())),
             "precision": spec.precision,
             "file_bytes": mzip.stat().st_size,

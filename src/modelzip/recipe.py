@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from torch import nn
@@ -81,13 +82,10 @@ class Recipe:
                 steps.append((name, config_from_dict(name, options or {})))
             except ConfigError as exc:
                 raise ConfigError(f"{source}: step {i}: {exc}") from None
-        from modelzip.finetune import FinetuneConfig
-
         try:
-            config_from_dict("finetune", parsed.finetune)
+            config_from_dict("finetune", parsed.finetune)  # checked now, applied when run
         except ConfigError as exc:
             raise ConfigError(f"{source}: finetune defaults: {exc}") from None
-        del FinetuneConfig
         return cls(parsed.name, tuple(steps), dict(parsed.finetune), parsed.description,
                    parsed.pack.model_dump())
 
@@ -143,8 +141,6 @@ def run_recipe(model: nn.Module, recipe: Recipe, ctx: Context) -> nn.Module:
 
 def _check_finite(model: nn.Module, where: str) -> None:
     """A diverged fine-tuning leaves NaN/inf weights; stop before they are packed."""
-    import torch
-
     for key, value in model.state_dict().items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise ConfigError(f"{where} left non-finite values in {key} (training diverged); "

@@ -26,7 +26,13 @@ import torch
 from torch import nn
 
 from modelzip.errors import ConfigError
-from modelzip.prune.masks import MaskKeeper, apply_masks, prunable_weights
+from modelzip.prune.masks import (
+    MaskKeeper,
+    apply_masks,
+    layer_of,
+    prunable_weights,
+    weight_param,
+)
 from modelzip.prune.schedules import (
     ROUND_SCHEDULES,
     agp_prune_steps,
@@ -296,10 +302,6 @@ class AGPConfig(RetrainSettings):
 
 
 # ============================================================================ module surgery
-def _layer_of(param_name: str) -> str:
-    return param_name.rpartition(".")[0]
-
-
 def _resolve(model: nn.Module, names: Iterable[str], technique: str, ctx: Context
              ) -> dict[str, str]:
     """Map each requested name (a layer like "fc1", or its weight "fc1.weight") to the
@@ -312,10 +314,8 @@ def _resolve(model: nn.Module, names: Iterable[str], technique: str, ctx: Contex
     skipped: list[str] = []
     unknown: list[str] = []
     for name in names:
-        if name in prunable:
-            chosen[name] = name
-        elif f"{name}.weight" in prunable:
-            chosen[name] = f"{name}.weight"
+        if (param := weight_param(name, prunable)) is not None:
+            chosen[name] = param
         elif name in params:
             why = "a bias; biases are never pruned" if name.endswith("bias") else \
                 "not the weight of a Linear or Conv layer"
@@ -325,7 +325,7 @@ def _resolve(model: nn.Module, names: Iterable[str], technique: str, ctx: Contex
         else:
             unknown.append(name)
     if unknown:
-        valid = ", ".join(_layer_of(p) or p for p in prunable)
+        valid = ", ".join(layer_of(p) or p for p in prunable)
         raise ConfigError(f"{technique}: no layer named {', '.join(map(repr, unknown))} in this "
                           f"model; prunable layers: {valid}")
     if skipped:
@@ -333,7 +333,7 @@ def _resolve(model: nn.Module, names: Iterable[str], technique: str, ctx: Contex
                 f"{'; '.join(skipped)}")
     if not chosen:
         raise ConfigError(f"{technique}: none of the named layers can be pruned; prunable "
-                          f"layers: {', '.join(_layer_of(p) or p for p in prunable)}")
+                          f"layers: {', '.join(layer_of(p) or p for p in prunable)}")
     return chosen
 
 
@@ -356,7 +356,7 @@ class _Plan:
 
     def target(self) -> Any:
         if self.per_layer is not None:
-            return {_layer_of(p) or p: s for p, s in self.per_layer.items()}
+            return {layer_of(p) or p: s for p, s in self.per_layer.items()}
         return self.global_sparsity if self.global_sparsity is not None else self.quality
 
     def scaled(self, at: Callable[[float], float]) -> _Plan:
@@ -380,7 +380,7 @@ def _make_plan(model: nn.Module, technique: str, config: Any, ctx: Context) -> _
                  else list(dict.fromkeys(_resolve(model, config.layers, technique, ctx).values())))
         per_layer = None if sparsity is None else dict.fromkeys(names, float(sparsity))
         if config.layers is None:
-            pruned_layers = {_layer_of(p) for p in prunable}
+            pruned_layers = {layer_of(p) for p in prunable}
             others = [f"{n} ({type(m).__name__})" for n, m in model.named_modules()
                       if n not in pruned_layers and any(True for _ in m.parameters(recurse=False))]
             if others:
@@ -420,7 +420,7 @@ def _prune(plan: _Plan, masks: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
         threshold = thresholds.get(p, prune_threshold(w, keep))
         masks[p] = keep
         kept = int(keep.sum())
-        records.append({"layer": _layer_of(p) or p, "param": p, "params": w.numel(),
+        records.append({"layer": layer_of(p) or p, "param": p, "params": w.numel(),
                         "kept": kept, "sparsity": 1.0 - kept / w.numel(),
                         "threshold": threshold})
     apply_masks(plan.model, {p: masks[p] for p in weights})

@@ -9,7 +9,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["MaskKeeper", "apply_masks", "masks_from_zeros", "prunable_weights"]
+__all__ = ["MaskKeeper", "apply_masks", "layer_of", "masks_from_zeros", "prunable_weights",
+           "weight_param"]
 
 
 def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -20,6 +21,21 @@ def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
         if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
             out[f"{mname}.weight" if mname else "weight"] = module.weight
     return out
+
+
+def layer_of(param_name: str) -> str:
+    """The module that owns a parameter: "fc1.weight" -> "fc1"."""
+    return param_name.rpartition(".")[0]
+
+
+def weight_param(name: str, weights: dict[str, nn.Parameter]) -> str | None:
+    """The key in ``weights`` (from ``prunable_weights``) that a user's name means: a weight
+    ("fc1.weight") or its layer ("fc1"); None when it means neither."""
+    if name in weights:
+        return name
+    if f"{name}.weight" in weights:
+        return f"{name}.weight"
+    return None
 
 
 def masks_from_zeros(model: nn.Module, names: Iterable[str] | None = None

@@ -12,16 +12,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from modelzip.errors import ConfigError
-from modelzip.prune.masks import masks_from_zeros, prunable_weights
+from modelzip.prune.masks import layer_of, masks_from_zeros, prunable_weights, weight_param
 from modelzip.registry import Context
 from modelzip.registry import normalise_layers as normalise_layer_choice
 
 __all__ = ["is_conv", "kept_masks", "layer_of", "normalise_layers", "parametrized_name",
            "parametrized_weights", "plan_bits"]
-
-
-def layer_of(param_name: str) -> str:
-    return param_name.rpartition(".")[0]
 
 
 def is_conv(module: nn.Module) -> bool:
@@ -41,10 +37,8 @@ def _resolve(model: nn.Module, names: list[str], technique: str) -> dict[str, st
     out: dict[str, str] = {}
     bad = []
     for name in names:
-        if name in weights:
-            out[name] = name
-        elif f"{name}.weight" in weights:
-            out[name] = f"{name}.weight"
+        if (param := weight_param(name, weights)) is not None:
+            out[name] = param
         else:
             bad.append(name)
     if bad:

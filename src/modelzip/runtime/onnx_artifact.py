@@ -44,7 +44,6 @@ __all__ = [
     "load_onnx_package",
     "pack_model_onnx",
     "pack_onnx",
-    "session_options",
     "split_initializers",
 ]
 
@@ -310,22 +309,6 @@ def load_onnx_package(artifact: Artifact, *, source: str = "the artifact") -> On
                        spec=spec, meta=dict(artifact.meta or {}))
 
 
-def session_options(threads: int = 1) -> onnxruntime.SessionOptions:
-    """The options every modelzip onnxruntime session uses: ``threads`` intra-op threads,
-    sequential execution, all graph optimizations."""
-    import onnxruntime as ort
-
-    if threads < 1:
-        raise ConfigError(f"threads must be >= 1, got {threads}")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3  # warnings about unused initializers etc. are not for the user
-    return opts
-
-
 def build_session(package: OnnxPackage, *, threads: int = 1,
                   options: onnxruntime.SessionOptions | None = None
                   ) -> onnxruntime.InferenceSession:
@@ -333,7 +316,9 @@ def build_session(package: OnnxPackage, *, threads: int = 1,
     OrtValues are kept on the session (onnxruntime reads the arrays' memory)."""
     import onnxruntime as ort
 
-    opts = options if options is not None else session_options(threads)
+    from modelzip.runtime.ort import session_options
+
+    opts = options if options is not None else session_options(threads=threads)
     names = list(package.initializers)
     values = [ort.OrtValue.ortvalue_from_numpy(package.initializers[n]) for n in names]
     if names:

@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from modelzip.errors import ConfigError, ExportError, ShapeError
 
-__all__ = ["OPTIMIZATION_LEVELS", "make_session", "run_batches"]
+__all__ = ["OPTIMIZATION_LEVELS", "make_session", "run_batches", "session_options"]
 
 OPTIMIZATION_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -27,18 +27,17 @@ OPTIMIZATION_LEVELS = {
 }
 
 
-def make_session(model: bytes | str | os.PathLike[str], *, threads: int = 1,
-                 optimization: str = "all", spinning: bool = False,
-                 profile_prefix: str | None = None,
-                 optimized_model_path: str | os.PathLike[str] | None = None
-                 ) -> ort.InferenceSession:
-    """An onnxruntime CPU session for ``model`` (serialized ONNX bytes or a file path) that
-    uses ``threads`` threads. ``spinning``: let idle worker threads busy-wait for the next
-    run (onnxruntime's default); off here, since on a device it burns energy and on a shared
-    CPU it takes cores from other work (measured: it slowed PyTorch, timed in between, 10-100x
-    at 2 threads on 2 cores). ``profile_prefix`` turns on onnxruntime's per-operator profiler
-    (``session.end_profiling()`` returns the JSON file); ``optimized_model_path`` saves the
-    graph as onnxruntime rewrote it (which kernels actually run)."""
+def session_options(*, threads: int = 1, optimization: str = "all", spinning: bool = False,
+                    profile_prefix: str | None = None,
+                    optimized_model_path: str | os.PathLike[str] | None = None
+                    ) -> ort.SessionOptions:
+    """The options of every modelzip onnxruntime session: ``threads`` intra-op threads,
+    sequential execution, the graph ``optimization`` level. ``spinning``: let idle worker
+    threads busy-wait for the next run (onnxruntime's default); off here, since on a device it
+    burns energy and on a shared CPU it takes cores from other work (measured: it slowed
+    PyTorch, timed in between, 10-100x at 2 threads on 2 cores). ``profile_prefix`` turns on
+    onnxruntime's per-operator profiler (``session.end_profiling()`` returns the JSON file);
+    ``optimized_model_path`` saves the graph as onnxruntime rewrote it (which kernels run)."""
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
     if optimization not in OPTIMIZATION_LEVELS:
@@ -58,6 +57,19 @@ def make_session(model: bytes | str | os.PathLike[str], *, threads: int = 1,
         opts.profile_file_prefix = profile_prefix
     if optimized_model_path is not None:
         opts.optimized_model_filepath = str(optimized_model_path)
+    return opts
+
+
+def make_session(model: bytes | str | os.PathLike[str], *, threads: int = 1,
+                 optimization: str = "all", spinning: bool = False,
+                 profile_prefix: str | None = None,
+                 optimized_model_path: str | os.PathLike[str] | None = None
+                 ) -> ort.InferenceSession:
+    """An onnxruntime CPU session for ``model`` (serialized ONNX bytes or a file path) with
+    ``session_options(...)`` of the same arguments."""
+    opts = session_options(threads=threads, optimization=optimization, spinning=spinning,
+                           profile_prefix=profile_prefix,
+                           optimized_model_path=optimized_model_path)
     if not isinstance(model, bytes):
         path = Path(model)
         if not path.is_file():
