@@ -101,9 +101,11 @@ def test_round_trip_bit_exact(tmp_path: Path, key: str) -> None:
     assert meta == ckpt.meta
     assert meta["format"] == "modelzip-checkpoint"
     assert meta["format_version"] == FORMAT_VERSION
-    assert meta["model"] == {"name": spec.name, "kwargs": spec.kwargs,
-                             "input_shape": list(spec.input_shape)}
-    assert meta["layer_shapes"] == json.loads(json.dumps(layer_shapes(model)))
+    assert {k: meta["model"][k] for k in ("kind", "zoo", "name", "kwargs", "input_shape")} == {
+        "kind": "state-dict", "zoo": spec.name, "name": spec.name, "kwargs": spec.kwargs,
+        "input_shape": list(spec.input_shape)}
+    # only what differs from a freshly built model is recorded
+    assert bool(meta["model"]["structure"]) == key.endswith("shrunk")
     assert meta["weights_sha256"] == hashlib.sha256(
         (folder / WEIGHTS_FILE).read_bytes()).hexdigest()
     assert meta["parameters"] == sum(p.numel() for p in model.parameters())
@@ -142,10 +144,19 @@ def test_resave_overwrites(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [WEIGHTS_FILE, META_FILE]
 
 
-def test_save_needs_zoo_model(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="build_model"):
-        save_checkpoint(nn.Linear(3, 3), tmp_path / "x")
-    assert not (tmp_path / "x").exists()
+def test_any_model_saves_and_loads_onto_a_skeleton(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Conv1d(2, 4, 3), nn.LayerNorm(6), nn.Flatten(), nn.Linear(24, 3))
+    save_checkpoint(model, tmp_path / "x")
+    with pytest.raises(CheckpointError, match="pass model= a freshly built copy"):
+        load_checkpoint(tmp_path / "x")
+    skeleton = nn.Sequential(nn.Conv1d(2, 4, 3), nn.LayerNorm(6), nn.Flatten(),
+                             nn.Linear(24, 3))
+    loaded = load_checkpoint(tmp_path / "x", model=skeleton).model
+    x = torch.randn(2, 2, 8)
+    assert torch.equal(loaded(x), model.eval()(x))
+    wider = nn.Sequential(nn.Conv1d(2, 5, 3), nn.LayerNorm(6), nn.Flatten(), nn.Linear(30, 3))
+    with pytest.raises(CheckpointError, match="at layer '0'"):
+        load_checkpoint(tmp_path / "x", model=wider)
 
 
 # ---------------------------------------------------------------------------- wrong weights

@@ -94,10 +94,12 @@ def test_structurally_pruned_model_records_only_changed_layers() -> None:
     pruned = load_checkpoint(CHECKPOINTS / "pruned" / "eurosat_cnn-l1").model
     record = read_artifact(pack(pruned)).model
     assert record["name"] == "eurosat_cnn"
-    assert record["layer_changes"]["features.0.0"] == {"out_channels": 8}
+    assert record["structure"]["features.0.0"]["attrs"] == {"out_channels": [16, 8]}
+    assert record["structure"]["features.0.0"]["tensors"] == {"weight": [[16, 3, 3, 3],
+                                                                        [8, 3, 3, 3]]}
     assert record["parameters"] == sum(p.numel() for p in pruned.parameters())
     full = load_checkpoint(CHECKPOINTS / "eurosat_cnn").model
-    assert read_artifact(pack(full)).model["layer_changes"] == {}
+    assert read_artifact(pack(full)).model["structure"] == {}
 
 
 def test_weight_shared_model_is_small(shared_lenet300: nn.Module) -> None:
@@ -159,26 +161,53 @@ def lenet5_data() -> bytes:
 
 
 @pytest.mark.parametrize(("changes", "message"), [
-    ({"name": "resnet999"}, "unknown model 'resnet999'"),
-    ({"name": 5}, "does not describe a zoo model"),
-    ({"kwargs": {"num_classes": 5}}, "'fc2.bias' is (5,) in the rebuilt model and (10,)"),
+    ({"zoo": "resnet999"}, "unknown model 'resnet999'"),
+    ({"zoo": 5}, "does not describe a zoo model"),
+    ({"kwargs": {"num_classes": 5}},
+     "tensor 'fc2.weight' is (5, 500) in the model and (10, 500) in this artifact"),
     ({"kwargs": {"depth": 3}}, "does not rebuild"),
-    ({"kwargs": {"layer_shapes": {}}}, "does not rebuild"),
-    ({"layer_changes": {"conv9": {"out_channels": 3}}}, "layer 'conv9' does not exist"),
-    ({"layer_changes": {"conv1": {"out_channels": 10}}}, "does not match its tensors"),
-    ({"layer_changes": {"conv1": {"type": "Linear"}}}, "does not rebuild"),
-    ({"layer_changes": {"fc1": {"in_features": 10**7, "out_features": 10**7}}},
-     "does not match its tensors"),  # built on the meta device: nothing is allocated
-    ({"layer_changes": ["conv1"]}, "does not describe a zoo model"),
+    ({"structure": {"conv9": {"attrs": {"out_channels": [20, 3]}}}},
+     "at layer 'conv9': no such module"),
+    ({"structure": {"conv1": {"attrs": {"out_channels": [20, 10]},
+                              "tensors": {"weight": [[20, 1, 5, 5], [10, 1, 5, 5]]}}}},
+     "gives conv1.weight the shape [10, 1, 5, 5], but the stored tensor is (20, 1, 5, 5)"),
+    ({"structure": {"conv1": {"attrs": {"in_channels": [3, 2]}}}},
+     "in_channels is 1 here but 3 in the model it was packed from"),
+    ({"structure": {"conv1": {"replace": {"type": "os.system"}}}},
+     "only torch.nn and modelzip layers are rebuilt"),
+    ({"structure": {"fc1": {"tensors": {"weight": [[500, 800], [10**7, 10**7]]}}}},
+     "gives fc1.weight the shape"),  # refused before anything is allocated
+    ({"structure": ["conv1"]}, "must be a mapping"),
+    ({"kind": "onnx-graph"}, "carries an ONNX graph"),
+    ({"layer_changes": {"conv1": {"out_channels": 10}}, "structure": {}, "zoo": "nope"},
+     "unknown model 'nope'"),
 ])
 def test_records_that_do_not_rebuild(lenet5_data: bytes, changes: dict, message: str) -> None:
     with pytest.raises(ArtifactError, match=re.escape(message)):
         unpack(with_record(lenet5_data, **changes))
 
 
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"layer_changes": {"conv9": {"out_channels": 3}}}, "layer 'conv9' does not exist"),
+    ({"layer_changes": {"conv1": {"out_channels": 10}}}, "does not match"),
+    ({"layer_changes": ["conv1"]}, "does not describe a zoo model"),
+])
+def test_legacy_records_are_checked(lenet5_data: bytes, changes: dict, message: str) -> None:
+    record = {k: v for k, v in read_artifact(lenet5_data).model.items()
+              if k not in ("structure", "zoo")}
+    data = with_record(lenet5_data, **record, **changes)
+    layout = read_container(data)
+    manifest = {k: v for k, v in layout.manifest.items() if k != "chunks"}
+    manifest["model"] = {k: v for k, v in manifest["model"].items()
+                         if k not in ("structure", "zoo")}
+    chunks = [(name, bytes(layout.chunks[name])) for name, _, _ in layout.manifest["chunks"]]
+    with pytest.raises(ArtifactError, match=re.escape(message)):
+        unpack(write_container(manifest, chunks))
+
+
 def test_giant_model_arguments_fail_without_allocating() -> None:
     data = pack(build_model("eurosat_cnn"))
-    with pytest.raises(ArtifactError, match="does not match its tensors"):
+    with pytest.raises(ArtifactError, match="does not match"):
         unpack(with_record(data, kwargs={"width": 10**5}))  # 10**11 weights if built
 
 
@@ -188,9 +217,18 @@ def test_artifact_without_a_model_record() -> None:
         unpack(data)
 
 
-def test_only_zoo_models_pack() -> None:
-    with pytest.raises(ModelzipError, match="build_model"):
-        pack(nn.Linear(3, 4))
+def test_any_model_packs_and_unpacks_onto_a_skeleton() -> None:
+    def build() -> nn.Module:
+        return nn.Sequential(nn.Embedding(20, 6), nn.Flatten(), nn.Linear(18, 4))
+
+    model = build().eval()
+    data = pack(model)
+    with pytest.raises(ArtifactError, match="pass model= a freshly built copy"):
+        unpack(data)
+    restored = unpack(data, model=build())
+    tokens = torch.tensor([[1, 2, 3], [4, 5, 19]])
+    assert torch.equal(restored(tokens), model(tokens))
+    assert_same_state(model, restored)
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -171,7 +171,7 @@ def test_magnitude_per_layer_exact_and_biases_untouched() -> None:
     model = _model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ctx = LogContext()
-    apply_technique(model, MagnitudePruneConfig(sparsity=0.9), ctx)
+    model = apply_technique(model, MagnitudePruneConfig(sparsity=0.9), ctx)
     for name in ("fc1", "fc2", "fc3"):
         w = getattr(model, name).weight
         assert _zeros(w) == round(0.9 * w.numel())
@@ -191,24 +191,24 @@ def test_magnitude_per_layer_exact_and_biases_untouched() -> None:
 def test_magnitude_mapping_merges_with_existing_masks() -> None:
     model = _model()
     ctx = LogContext()
-    apply_technique(model, config_from_dict("magnitude", {"sparsity": {"fc1": 0.5,
+    model = apply_technique(model, config_from_dict("magnitude", {"sparsity": {"fc1": 0.5,
                                                                        "fc3.weight": 0.2}}), ctx)
     first = {k: v.clone() for k, v in ctx.masks.items()}
     assert set(first) == {"fc1.weight", "fc3.weight"} and _zeros(model.fc2.weight) == 0
-    apply_technique(model, MagnitudePruneConfig(sparsity={"fc1": 0.8, "fc2": 0.3}), ctx)
+    model = apply_technique(model, MagnitudePruneConfig(sparsity={"fc1": 0.8, "fc2": 0.3}), ctx)
     assert _zeros(model.fc1.weight) == round(0.8 * 784 * 300)
     assert not bool((ctx.masks["fc1.weight"] & ~first["fc1.weight"]).any())
     assert torch.equal(ctx.masks["fc3.weight"], first["fc3.weight"])  # left as it was
     assert _zeros(model.fc2.weight) == round(0.3 * 30_000)
     # A lower target later does not revive anything.
-    apply_technique(model, MagnitudePruneConfig(sparsity=0.1, layers=("fc1",)), ctx)
+    model = apply_technique(model, MagnitudePruneConfig(sparsity=0.1, layers=("fc1",)), ctx)
     assert _zeros(model.fc1.weight) == round(0.8 * 784 * 300)
 
 
 def test_magnitude_global_on_lenet5() -> None:
     model = _model("lenet5")
     ctx = LogContext()
-    apply_technique(model, MagnitudePruneConfig(global_sparsity=0.92), ctx)
+    model = apply_technique(model, MagnitudePruneConfig(global_sparsity=0.92), ctx)
     weights = [model.conv1.weight, model.conv2.weight, model.fc1.weight, model.fc2.weight]
     total = sum(w.numel() for w in weights)
     assert sum(_zeros(w) for w in weights) == round(0.92 * total)
@@ -221,7 +221,7 @@ def test_magnitude_quality_mode() -> None:
     model = _model()
     w = model.fc2.weight.detach().clone()
     ctx = LogContext()
-    apply_technique(model, MagnitudePruneConfig(quality=1.0, layers=("fc2",)), ctx)
+    model = apply_technique(model, MagnitudePruneConfig(quality=1.0, layers=("fc2",)), ctx)
     t = float(w.double().std())
     assert torch.equal(model.fc2.weight != 0, w.abs().double() > t)
     assert ctx.records[-1]["layers"][0]["threshold"] == pytest.approx(t)
@@ -274,7 +274,7 @@ def test_unknown_layer_lists_valid_names() -> None:
 def test_unprunable_layers_are_logged_and_skipped() -> None:
     model = _model()
     ctx = LogContext()
-    apply_technique(model, MagnitudePruneConfig(sparsity=0.5,
+    model = apply_technique(model, MagnitudePruneConfig(sparsity=0.5,
                                                 layers=("fc1", "relu1", "fc2.bias")), ctx)
     assert set(ctx.masks) == {"fc1.weight"}
     assert len(ctx.messages) == 1
@@ -296,10 +296,10 @@ def test_unprunable_layers_are_logged_and_skipped() -> None:
 def test_masks_survive_finetune_with_momentum(train_1k: ImageDataset) -> None:
     model = _model("lenet5")
     ctx = LogContext(train_data=train_1k, finetune=FAST)
-    apply_technique(model, MagnitudePruneConfig(sparsity=0.8), ctx)
+    model = apply_technique(model, MagnitudePruneConfig(sparsity=0.8), ctx)
     masks = {k: v.clone() for k, v in ctx.masks.items()}
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    apply_technique(model, FinetuneConfig(epochs=1), ctx)
+    model = apply_technique(model, FinetuneConfig(epochs=1), ctx)
     params = dict(model.named_parameters())
     for name, mask in masks.items():
         assert torch.all(params[name][~mask] == 0), name
@@ -313,7 +313,7 @@ def test_iterative_magnitude_reaches_target(train_1k: ImageDataset) -> None:
     ctx = LogContext(train_data=train_1k.subset(range(200, 1000)), val_data=val, finetune=FAST)
     cfg = IterativeMagnitudeConfig(sparsity={"fc1": 0.92, "fc2": 0.91, "fc3": 0.74}, rounds=2,
                                    epochs=1, lr=0.01, weight_decay=1e-4, scale_dropout=True)
-    apply_technique(model, cfg, ctx)
+    model = apply_technique(model, cfg, ctx)
     for name, s in (("fc1", 0.92), ("fc2", 0.91), ("fc3", 0.74)):
         w = getattr(model, name).weight
         assert _zeros(w) == round(s * w.numel()), name
@@ -335,7 +335,7 @@ def test_agp_prunes_gradually_and_masks_hold(train_1k: ImageDataset) -> None:
     ctx = LogContext(train_data=train_1k, finetune=FAST)
     cfg = AGPConfig(global_sparsity=0.9, epochs=1, prune_every=3, start_step=2, n_prunes=4,
                     final_epochs=1)
-    apply_technique(model, cfg, ctx)
+    model = apply_technique(model, cfg, ctx)
     weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
     total = sum(w.numel() for w in weights)
     assert sum(_zeros(w) for w in weights) == round(0.9 * total)
@@ -364,7 +364,7 @@ def test_retraining_needs_data() -> None:
 def test_pruned_checkpoint_roundtrip(tmp_path: Path, train_1k: ImageDataset) -> None:
     model = _model("lenet5")
     ctx = LogContext(train_data=train_1k.subset(range(300)), finetune=FAST)
-    apply_technique(model, AGPConfig(sparsity={"conv1": 0.3, "conv2": 0.8, "fc1": 0.95,
+    model = apply_technique(model, AGPConfig(sparsity={"conv1": 0.3, "conv2": 0.8, "fc1": 0.95,
                                                "fc2": 0.8}, epochs=1, prune_every=1,
                                      final_epochs=0), ctx)
     save_checkpoint(model, tmp_path / "pruned")

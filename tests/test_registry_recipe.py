@@ -49,14 +49,14 @@ def test_config_from_dict_coerces_and_names_unknown_keys() -> None:
 
 def test_register_requires_dataclass_and_unique_name() -> None:
     with pytest.raises(TypeError):
-        register_technique("not-a-dataclass", int)
+        register_technique("not-a-dataclass", int, kind="train")
 
     @dataclass(frozen=True)
     class Cfg:
         x: int = 1
 
     with pytest.raises(ValueError, match="registered twice"):
-        register_technique("finetune", Cfg)(lambda m, c, x: m)
+        register_technique("finetune", Cfg, kind="train")(lambda m, c, x: m)
 
 
 def test_apply_technique_needs_data() -> None:
@@ -72,9 +72,10 @@ def test_finetune_keeps_masks(mnist_train) -> None:
                   finetune=TrainConfig(epochs=1, batch_size=64, lr=0.05),
                   masks={"fc1.weight": mask})
     before = model.fc2.weight.detach().clone()
-    apply_technique(model, FinetuneConfig(epochs=1), ctx)
-    assert bool((model.fc1.weight[~mask] == 0).all())
-    assert not torch.equal(model.fc2.weight, before)  # it did train
+    tuned = apply_technique(model, FinetuneConfig(epochs=1), ctx)
+    assert bool((tuned.fc1.weight[~mask] == 0).all())
+    assert not torch.equal(tuned.fc2.weight, before)  # it did train
+    assert torch.equal(model.fc2.weight, before)  # on a copy: the caller's model is as it was
     assert ctx.records[-1]["step"] == "finetune"
 
 

@@ -1,10 +1,14 @@
-"""Checkpoints: a folder with ``model.safetensors`` (every parameter and buffer) and
-``modelzip.json`` (model name, arguments, layer shapes, dataset, training settings, metrics,
-SHA-256 of the weights). Nothing is ever pickled or unpickled.
+"""Checkpoints of any model: a folder with ``model.safetensors`` (every parameter and buffer)
+and ``modelzip.json`` (how to rebuild the model: the record of ``modelzip.codec.model``, with
+its structural changes; dataset, training settings, metrics, SHA-256 of the weights). Nothing
+is ever pickled or unpickled. ``load_checkpoint(path, model=skeleton)`` replays the recorded
+changes on a freshly built copy of a user's model; a zoo model needs no skeleton. Version 1
+folders (zoo name + ``layer_shapes``) still load.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -19,8 +23,9 @@ from torch import nn
 
 from modelzip import __version__
 from modelzip.atomic import write_atomic
-from modelzip.errors import CheckpointError
-from modelzip.zoo import build_model, layer_shapes, model_spec
+from modelzip.core.builders import source_of
+from modelzip.errors import CheckpointError, ModelzipError
+from modelzip.zoo import build_model
 
 __all__ = [
     "Checkpoint",
@@ -35,7 +40,8 @@ __all__ = [
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "modelzip.json"
 FORMAT_NAME = "modelzip-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -61,19 +67,34 @@ def save_checkpoint(
     training: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    skeleton: nn.Module | None = None,
+    force: bool = True,
 ) -> Path:
-    """Save a zoo-built model to ``directory`` (created if needed). The weights are written
-    first and the JSON last, each atomically; the JSON records the weights' SHA-256."""
-    spec = model_spec(model)
+    """Save any model to ``directory`` (created if needed). The record is checked first by
+    rebuilding the model from it (as ``pack`` does), so nothing is written that cannot be
+    read back. The weights are written first and the JSON last, each atomically; the JSON
+    records the weights' SHA-256. ``force=False`` refuses an existing checkpoint folder."""
+    from modelzip.codec.model import _fresh, model_record, rebuild
+
     directory = Path(directory)
+    if not force and (directory / META_FILE).exists():
+        raise CheckpointError(f"{directory} holds a checkpoint already; pass --force to "
+                              "replace it")
+    record = model_record(model, skeleton=skeleton)
+    fresh = copy.deepcopy(skeleton) if skeleton is not None else _fresh(source_of(model))
+    if fresh is not None:
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        try:
+            rebuild(record, shapes, "the model to save", model=fresh)
+        except ModelzipError as exc:
+            raise CheckpointError(f"{directory}: not saved: {exc}") from None
     blob = _state_bytes(model)
     meta: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "producer": f"modelzip {__version__}",
         "torch_version": torch.__version__,
-        "model": {"name": spec.name, "kwargs": spec.kwargs, "input_shape": list(spec.input_shape)},
-        "layer_shapes": layer_shapes(model),
+        "model": record,
         "parameters": sum(p.numel() for p in model.parameters()),
         "weights_file": WEIGHTS_FILE,
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
@@ -142,7 +163,7 @@ def _read_meta(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{meta_path}: corrupt JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{meta_path}: not a modelzip checkpoint (format field missing)")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(f"{meta_path}: checkpoint format version "
                               f"{meta.get('format_version')} is not supported (this modelzip "
                               f"reads version {FORMAT_VERSION})")
@@ -151,16 +172,26 @@ def _read_meta(directory: Path) -> dict[str, Any]:
 
 def load_checkpoint(directory: str | os.PathLike[str], model: nn.Module | None = None
                     ) -> Checkpoint:
-    """Rebuild the model a checkpoint describes (or use ``model``) and load its weights."""
+    """Rebuild the model a checkpoint describes and load its weights. ``model``: a freshly
+    built copy of a user's model (changed in place); not needed for a zoo model."""
+    from modelzip.codec.model import rebuild
+
     directory = Path(directory)
     meta = _read_meta(directory)
     if directory.is_file():
         directory = directory.parent
-    if model is None:
-        info = meta.get("model") or {}
-        model = build_model(info.get("name", "?"), layer_shapes=meta.get("layer_shapes"),
-                            **(info.get("kwargs") or {}))
     state, blob = load_state(directory / meta.get("weights_file", WEIGHTS_FILE))
+    info = meta.get("model") or {}
+    if meta.get("format_version") == 1:  # a zoo model with its layer shapes
+        if model is None:
+            model = build_model(info.get("name", "?"), layer_shapes=meta.get("layer_shapes"),
+                                **(info.get("kwargs") or {}))
+    else:
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        try:
+            model = rebuild(info, shapes, str(directory), model=model)
+        except ModelzipError as exc:
+            raise CheckpointError(str(exc)) from None
     check_state(model, state, source=str(directory))
     if hashlib.sha256(blob).hexdigest() != meta.get("weights_sha256"):
         raise CheckpointError(f"{directory}: {WEIGHTS_FILE} does not match the SHA-256 recorded "

@@ -34,7 +34,7 @@ class FinetuneConfig:
         return dataclasses.replace(base or TrainConfig(), **changes)
 
 
-@register_technique("finetune", FinetuneConfig)
+@register_technique("finetune", FinetuneConfig, kind="train")
 def finetune(model: nn.Module, config: FinetuneConfig, ctx: Context) -> nn.Module:
     """Train the model on the context's training data; pruned weights stay zero."""
     train = ctx.require("train_data", "finetune")

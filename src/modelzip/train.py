@@ -16,11 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelzip.core.dataset import batch_size_of, call_model
 from modelzip.data import AUGMENTATIONS, ImageDataset
 from modelzip.errors import ConfigError
 from modelzip.zoo import check_input_shape
 
-__all__ = ["EvalResult", "TrainConfig", "TrainHistory", "evaluate", "fit", "predict_logits"]
+__all__ = ["EvalResult", "TrainConfig", "TrainHistory", "evaluate", "fit", "predict",
+           "predict_logits"]
 
 StepCallback = Callable[[nn.Module, int], None]
 EpochCallback = Callable[[nn.Module, int, dict[str, float]], None]
@@ -159,20 +161,25 @@ def fit(
     step_callbacks: Sequence[StepCallback] = (),
     epoch_callbacks: Sequence[EpochCallback] = (),
     extra_loss: ExtraLoss | None = None,
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
     progress: bool = True,
 ) -> TrainHistory:
-    """Train ``model`` in place on ``train_data``; returns per-epoch metrics.
+    """Train ``model`` in place on ``train_data`` (the data protocol of
+    ``modelzip.core.dataset``: image classification or any other task); returns per-epoch
+    metrics. ``loss_fn(outputs, targets)`` defaults to cross-entropy; accuracy is reported
+    when the outputs are class scores for integer targets.
 
     Seeded: the same config, data and initial weights give the same result on one machine.
     """
     cfg = config or TrainConfig()
-    check_input_shape(model, train_data.input_shape)
+    if hasattr(train_data, "input_shape"):
+        check_input_shape(model, train_data.input_shape)
     torch.manual_seed(cfg.seed)  # dropout
     gen = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation
-    steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
+    steps_per_epoch = _steps_per_epoch(train_data, cfg.batch_size)
     opt = _make_optimizer(model, cfg)
     sched = _make_schedule(opt, cfg, cfg.epochs * steps_per_epoch)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    criterion = loss_fn or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     channels_last = cfg.channels_last and _has_conv(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -190,9 +197,9 @@ def fit(
                 t0 = time.perf_counter()
                 for x, y in train_data.batches(cfg.batch_size, shuffle=True, generator=gen,
                                                augment=cfg.augment):
-                    if channels_last:
+                    if channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    logits = model(x)
+                    logits = call_model(model, x)
                     loss = criterion(logits, y)
                     if extra_loss is not None:
                         loss = loss + extra_loss(model, x, logits, y)
@@ -205,9 +212,9 @@ def fit(
                     step += 1
                     for cb in step_callbacks:
                         cb(model, step)
-                    n = y.shape[0]
+                    n = batch_size_of(x)
                     loss_sum += float(loss.detach()) * n
-                    correct += int((logits.detach().argmax(1) == y).sum())
+                    correct += _correct(logits, y)
                     seen += n
                     bar.update(task, advance=1, loss=loss_sum / seen, acc=100.0 * correct / seen,
                                rate=seen / max(time.perf_counter() - t0, 1e-9))
@@ -215,7 +222,7 @@ def fit(
                            "train_acc_pct": 100.0 * correct / seen,
                            "lr": last_lr,
                            "epoch_time_s": time.perf_counter() - t0}
-                if val_data is not None:
+                if val_data is not None and _is_classification_data(val_data):
                     val = evaluate(model, val_data)
                     metrics["val_error_pct"] = val.error_pct
                     metrics["val_loss"] = val.loss
@@ -231,23 +238,61 @@ def fit(
     return TrainHistory(history, time.perf_counter() - start)
 
 
+def _steps_per_epoch(data: Any, batch_size: int) -> int:
+    if isinstance(data, ImageDataset):
+        return math.ceil(len(data) / batch_size)
+    return sum(1 for _ in data.batches(batch_size))  # a user's loader: its own batching
+
+
+def _correct(outputs: Any, targets: Any) -> int:
+    if (isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor)
+            and outputs.ndim == 2 and targets.ndim == 1 and not targets.is_floating_point()):
+        return int((outputs.detach().argmax(1) == targets).sum())
+    return 0
+
+
+def _is_classification_data(data: Any) -> bool:
+    return isinstance(data, ImageDataset) or hasattr(data, "labels")
+
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, data: ImageDataset, batch_size: int = 1000) -> torch.Tensor:
-    """Logits for every image of ``data``, in order, in eval mode."""
-    check_input_shape(model, data.input_shape)
+def predict(model: nn.Module, data: Any, batch_size: int = 1000) -> tuple[Any, Any]:
+    """Outputs and targets for every batch of ``data``, in order, in eval mode (tensors are
+    concatenated along the batch axis)."""
+    if hasattr(data, "input_shape"):
+        check_input_shape(model, data.input_shape)
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([model(x) for x, _ in data.batches(batch_size)])
+        pairs = [(call_model(model, x), y) for x, y in data.batches(batch_size)]
     finally:
         model.train(was_training)
+    outputs = [o for o, _ in pairs]
+    targets = [t for _, t in pairs]
+    if outputs and all(isinstance(o, torch.Tensor) for o in outputs):
+        outputs = torch.cat(outputs)
+    if targets and all(isinstance(t, torch.Tensor) for t in targets):
+        targets = torch.cat(targets)
+    return outputs, targets
+
+
+def predict_logits(model: nn.Module, data: Any, batch_size: int = 1000) -> torch.Tensor:
+    """Logits for every sample of ``data``, in order, in eval mode."""
+    return predict(model, data, batch_size)[0]
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ImageDataset, batch_size: int = 1000) -> EvalResult:
-    """Error % (and count) and mean cross-entropy on the whole of ``data``."""
-    logits = predict_logits(model, data, batch_size)
-    errors = int((logits.argmax(1) != data.labels).sum())
-    loss = float(nn.functional.cross_entropy(logits, data.labels))
-    return EvalResult(error_pct=100.0 * errors / max(len(data), 1), errors=errors,
-                      total=len(data), loss=loss)
+def evaluate(model: nn.Module, data: Any, batch_size: int = 1000) -> EvalResult:
+    """Classification: error % (and count) and mean cross-entropy on the whole of ``data``.
+    For other tasks give the Context an ``evaluator`` of your own."""
+    logits, labels = predict(model, data, batch_size)
+    if not (isinstance(logits, torch.Tensor) and logits.ndim == 2
+            and isinstance(labels, torch.Tensor) and labels.ndim == 1
+            and not labels.is_floating_point()):
+        raise ConfigError("the default evaluator scores classifiers (class scores and integer "
+                          "labels); pass evaluator= (CLI: a recipe for this task) for other "
+                          "models")
+    errors = int((logits.argmax(1) != labels).sum())
+    loss = float(nn.functional.cross_entropy(logits, labels))
+    n = int(labels.shape[0])
+    return EvalResult(error_pct=100.0 * errors / max(n, 1), errors=errors, total=n, loss=loss)

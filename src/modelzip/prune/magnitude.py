@@ -435,7 +435,7 @@ def _summary(technique: str, records: list[dict[str, Any]]) -> str:
             f"({total / max(kept, 1):.1f}x fewer)")
 
 
-@register_technique("magnitude", MagnitudePruneConfig)
+@register_technique("magnitude", MagnitudePruneConfig, kind="prune")
 def magnitude_prune(model: nn.Module, config: MagnitudePruneConfig, ctx: Context) -> nn.Module:
     """Remove the smallest-magnitude weights once (per layer, global, or Han's threshold)."""
     plan = _make_plan(model, "magnitude", config, ctx)
@@ -490,7 +490,7 @@ def _dropout_layers(model: nn.Module, example: torch.Tensor, weights: Mapping[st
 
 
 # ---------------------------------------------------------------------------- retraining
-@register_technique("iterative-magnitude", IterativeMagnitudeConfig)
+@register_technique("iterative-magnitude", IterativeMagnitudeConfig, kind="prune")
 def iterative_magnitude_prune(model: nn.Module, config: IterativeMagnitudeConfig,
                               ctx: Context) -> nn.Module:
     """Han et al. 2015: rounds of magnitude pruning, each followed by retraining."""
@@ -575,7 +575,7 @@ class _GradualPruner:
         self.keeper.remove()
 
 
-@register_technique("agp", AGPConfig)
+@register_technique("agp", AGPConfig, kind="prune")
 def agp_prune(model: nn.Module, config: AGPConfig, ctx: Context) -> nn.Module:
     """Zhu & Gupta 2017: gradual pruning along a cubic schedule while training."""
     name = "agp"
