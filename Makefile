@@ -1,5 +1,5 @@
 # `make demo` and `make test` create or refresh .venv, then run. Versions are pinned in
-# constraints.txt; torch is installed first so that pip takes the CPU wheel, not a CUDA build.
+# constraints.txt.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -15,11 +15,16 @@ endif
 .PHONY: demo test lint bench-baselines bench-deep-compression bench-latency bench-runner \
 	readme-table clean
 
+# torch is installed first, so that pip takes the CPU build and not a multi-GB CUDA one. Where
+# the default index serves CUDA builds (plain PyPI on Linux does), point TORCH_INDEX at
+# PyTorch's CPU wheel index: make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt torch
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --progress-bar on --upgrade pip
+	$(PY) -m pip install --progress-bar on $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) \
+		-c constraints.txt torch
+	$(PY) -m pip install --progress-bar on -c constraints.txt -e '.[compress,demo,test]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -79,7 +79,7 @@ def test_compress_with_recipe(lenet300: Path, tmp_path: Path) -> None:
 
 def test_deep_compression_recipe_shares_and_packs(lenet300: Path, tmp_path: Path) -> None:
     """The shipped recipe end to end, shortened to one epoch per step, with the Huffman coder."""
-    text = (ROOT / "recipes" / "deep-compression.yaml").read_text()
+    text = (ROOT / "src" / "modelzip" / "recipes" / "deep-compression.yaml").read_text()
     text = (text.replace("final_epochs: 2", "final_epochs: 1").replace("rounds: 3", "rounds: 1")
             .replace("finetune_epochs: 2", "finetune_epochs: 1")
             .replace("coder: best", "coder: huffman"))

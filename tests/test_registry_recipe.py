@@ -119,10 +119,17 @@ def test_recipe_errors(tmp_path: Path, text: str, needle: str) -> None:
 
 
 def test_recipe_pack_settings(tmp_path: Path) -> None:
+    defaults = {"format": "state-dict", "coder": "best", "int8": False, "method": "minmax"}
     rec = Recipe.from_dict({"steps": [{"finetune": {}}]})
-    assert rec.pack == {"coder": "best"}
+    assert rec.pack == defaults
     rec = Recipe.from_dict({"steps": [{"finetune": {}}], "pack": {"coder": "huffman"}})
-    assert rec.pack == {"coder": "huffman"} and rec.to_dict()["pack"] == {"coder": "huffman"}
+    assert rec.pack == {**defaults, "coder": "huffman"}
+    assert rec.to_dict()["pack"] == rec.pack
+    rec = Recipe.from_dict({"steps": [{"finetune": {}}],
+                            "pack": {"format": "onnx", "int8": True}})
+    assert rec.pack["format"] == "onnx" and rec.pack["int8"] is True
+    with pytest.raises(ConfigError, match="int8 operators need format: onnx"):
+        Recipe.from_dict({"steps": [{"finetune": {}}], "pack": {"int8": True}})
     with pytest.raises(ConfigError, match=r"pack\.coder"):
         Recipe.from_dict({"steps": [{"finetune": {}}], "pack": {"coder": "zip"}})
     with pytest.raises(ConfigError, match=r"pack\.level"):
@@ -130,7 +137,7 @@ def test_recipe_pack_settings(tmp_path: Path) -> None:
 
 
 def test_shipped_recipes_load() -> None:
-    root = Path(__file__).resolve().parent.parent / "recipes"
+    root = Path(__file__).resolve().parent.parent / "src" / "modelzip" / "recipes"
     names = {p.stem: load_recipe(p) for p in sorted(root.glob("*.yaml"))}
     dc = names["deep-compression"]
     assert [name for name, _ in dc.steps] == ["iterative-magnitude", "kmeans"]

@@ -17,6 +17,31 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Compress trained PyTorch models to fit a hard budget.")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from modelzip import __version__
+
+        print(f"modelzip {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="print the version and exit")] = False
+          ) -> None:
+    """Compress trained PyTorch models to fit a hard budget."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    log = logging.getLogger("modelzip")
+    if not log.handlers:  # the library logs; the CLI renders
+        log.addHandler(RichHandler(console=_console(), show_time=False, show_path=False,
+                                   markup=False))
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def _console() -> Console:
     # Wide tables stay readable when output goes to a file or CI log.
     return Console(width=None if sys.stdout.isatty() else 140)
@@ -60,11 +85,17 @@ def train(
     progress: bool = True,
 ) -> None:
     """Train a zoo model and save a checkpoint (safetensors + JSON)."""
+    import torch
+
     from modelzip.checkpoint import save_checkpoint
     from modelzip.data import DATASETS, load_dataset
+    from modelzip.errors import UnknownModelError
     from modelzip.train import TrainConfig, evaluate, fit
-    from modelzip.zoo import build_model, check_input_shape, model_kwargs_for_data
+    from modelzip.zoo import build_model, check_input_shape, list_models, model_kwargs_for_data
 
+    if model not in list_models():
+        raise UnknownModelError(f"unknown model {model!r}; known models: "
+                                f"{', '.join(list_models())}")
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
                       weight_decay=weight_decay, schedule=schedule,
                       label_smoothing=label_smoothing,
@@ -73,6 +104,7 @@ def train(
                       seed=seed)
     train_ds = load_dataset(dataset, "train", data)
     test_ds = load_dataset(dataset, "test", data)
+    torch.manual_seed(seed)  # the initial weights: the same seed gives the same model
     net = build_model(model, **model_kwargs_for_data(model, train_ds))
     check_input_shape(net, train_ds.input_shape)
     train_ds = _train_subset(train_ds, limit, seed)
@@ -95,20 +127,20 @@ def eval_(
                        ] = None,
     data: Annotated[Path | None, typer.Option(help="folder holding the dataset")] = None,
     split: str = "test",
+    model: ModelOpt = None,
 ) -> None:
     """Evaluate a checkpoint on a full dataset split."""
-    from modelzip.checkpoint import load_checkpoint
     from modelzip.data import load_dataset
     from modelzip.train import evaluate
 
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = _load_checkpoint(checkpoint, model)
     name = dataset or ckpt.meta.get("dataset", {}).get("name")
     if not name:
         raise ModelzipError(f"{checkpoint}: the checkpoint does not record its dataset; "
                             "pass --dataset")
     ds = load_dataset(name, split, data)
     result = evaluate(ckpt.model, ds)
-    _console().print(f"{ckpt.meta['model']['name']} on {name} {split}: error "
+    _console().print(f"{ckpt.meta['model'].get('name', 'model')} on {name} {split}: error "
                      f"{result.error_pct:.2f}% ({result.errors} of {result.total}), "
                      f"loss {result.loss:.4f}")
 
@@ -119,21 +151,26 @@ def inspect(
     latency: Annotated[bool, typer.Option(help="also time inference")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")
                        ] = False,
+    model: ModelOpt = None,
+    input_shape: Annotated[str | None, typer.Option(
+        help="per-sample input shape of a user model, e.g. 3,64,64 (zoo models know it)")
+                           ] = None,
 ) -> None:
     """Per-layer table: parameters, non-zeros, MACs, bytes (and latency with --latency); for
     a .mzip file, how every tensor is coded and where the file's bytes go."""
-    from modelzip.checkpoint import load_checkpoint
     from modelzip.measure import measure, render_profile
 
     if _is_artifact(path):
-        _inspect_artifact(path, latency=latency, as_json=as_json)
+        _inspect_artifact(path, latency=latency, as_json=as_json, model=model)
         return
-    ckpt = load_checkpoint(path)
-    m = measure(ckpt.model, latency=latency)
+    ckpt = _load_checkpoint(path, model)
+    shape = _parse_shape(input_shape) or tuple(ckpt.meta["model"].get("input_shape") or ()) \
+        or None
+    m = measure(ckpt.model, shape, latency=latency)
     if as_json:
         print(json.dumps(m.to_dict(), indent=2))
         return
-    title = f"{path}: {ckpt.meta['model']['name']}"
+    title = f"{path}: {ckpt.meta['model'].get('name', 'model')}"
     metrics = ckpt.meta.get("metrics") or {}
     if "test_error_pct" in metrics:
         title += f", test error {metrics['test_error_pct']:.2f}% when saved"
@@ -151,7 +188,20 @@ def _is_artifact(path: Path) -> bool:
         return f.read(len(MAGIC)) == MAGIC
 
 
-def _inspect_artifact(path: Path, *, latency: bool, as_json: bool) -> None:
+def _parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        shape = tuple(int(d) for d in text.replace("x", ",").split(","))
+    except ValueError:
+        raise ModelzipError(f"--input-shape {text!r}: expected sizes like 3,64,64") from None
+    if not shape or any(d < 1 for d in shape):
+        raise ModelzipError(f"--input-shape {text!r}: sizes must be >= 1")
+    return shape
+
+
+def _inspect_artifact(path: Path, *, latency: bool, as_json: bool,
+                      model: str | None = None) -> None:
     from rich.table import Table
 
     from modelzip.codec.artifact import load_artifact_bytes, summarize_artifact
@@ -196,7 +246,10 @@ def _inspect_artifact(path: Path, *, latency: bool, as_json: bool) -> None:
         from modelzip.codec.model import unpack_file
         from modelzip.measure import measure, render_profile
 
-        con.print(render_profile(measure(unpack_file(path), latency=True), f"{path} unpacked"))
+        record = summarize_artifact(load_artifact_bytes(path))["model"] or {}
+        net = unpack_file(path, model=_skeleton(model, record.get("kwargs")))
+        shape = tuple(record.get("input_shape") or ()) or None
+        con.print(render_profile(measure(net, shape, latency=True), f"{path} unpacked"))
 
 
 @app.command()
@@ -205,13 +258,13 @@ def pack(
     out: Annotated[Path, typer.Option("-o", "--out", help=".mzip file to write")],
     coder: Annotated[str, typer.Option(help="entropy coder: best (smallest of all), "
                                             "huffman, rans or raw")] = "best",
+    model: ModelOpt = None,
 ) -> None:
     """Pack a checkpoint into a .mzip artifact: sparse index and entropy-coded values,
     checksummed; unpacks bit-exactly."""
-    from modelzip.checkpoint import load_checkpoint
     from modelzip.codec.model import pack_file
 
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = _load_checkpoint(checkpoint, model)
     meta = {k: ckpt.meta[k] for k in ("dataset", "metrics") if ckpt.meta.get(k)}
     pack_file(ckpt.model, out, coder=coder, meta=meta)
     size = out.stat().st_size
@@ -224,6 +277,9 @@ def pack(
 def unpack(
     path: Annotated[Path, typer.Argument(help=".mzip file")],
     out: Annotated[Path, typer.Option("-o", "--out", help="checkpoint folder to write")],
+    model: ModelOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="replace a checkpoint in --out")
+                     ] = False,
 ) -> None:
     """Unpack a .mzip artifact into a checkpoint folder (weights bit-exact)."""
     from modelzip.checkpoint import save_checkpoint
@@ -231,9 +287,11 @@ def unpack(
     from modelzip.codec.model import model_from_artifact
 
     artifact = read_artifact_file(path)
-    model = model_from_artifact(artifact, str(path))
-    save_checkpoint(model, out, dataset=artifact.meta.get("dataset"),
-                    metrics=artifact.meta.get("metrics"))
+    record = artifact.model if isinstance(artifact.model, dict) else {}
+    skeleton = _skeleton(model, record.get("kwargs"))
+    net = model_from_artifact(artifact, str(path), model=skeleton)
+    save_checkpoint(net, out, dataset=artifact.meta.get("dataset"),
+                    metrics=artifact.meta.get("metrics"), force=force)
     _console().print(f"unpacked {path} ({len(artifact.tensors)} tensors) to {out}",
                      soft_wrap=True)
 
@@ -256,29 +314,24 @@ def _parse_sets(pairs: list[str] | None) -> dict:
 
 def _context(ckpt, dataset: str | None, data: Path | None, finetune_epochs: int | None,
              lr: float | None, progress: bool):
-    """Data and fine-tuning settings for compression steps: the checkpoint's dataset, with a
-    seeded 10% of its training split held out for validation."""
+    """The pipeline's context for a checkpoint: its dataset (the pipeline holds out the
+    validation split) and fine-tuning defaults from its training settings."""
     import dataclasses
 
-    from modelzip.data import DATASETS, load_dataset, train_val_split
-    from modelzip.registry import Context
-    from modelzip.train import TrainConfig
+    from modelzip.data import load_dataset
+    from modelzip.pipeline import finetune_defaults, make_context
 
     name = dataset or (ckpt.meta.get("dataset") or {}).get("name")
     if not name:
         raise ModelzipError("the checkpoint does not record its dataset; pass --dataset")
-    full_train = load_dataset(name, "train", data)
-    train, val = train_val_split(full_train, 0.1, seed=0)
-    test = load_dataset(name, "test", data)
-    saved = {k: v for k, v in (ckpt.meta.get("training") or {}).items()
-             if k in {f.name for f in dataclasses.fields(TrainConfig)}}
-    base = TrainConfig(**saved) if saved else TrainConfig(
-        augment=DATASETS[name].augment if name in DATASETS else "none")
-    # Fine-tuning a trained model: fewer epochs and a smaller learning rate than training.
-    finetune = dataclasses.replace(base, epochs=finetune_epochs or 3,
-                                   lr=lr if lr is not None else base.lr / 10)
-    return Context(train_data=train, val_data=val, test_data=test, finetune=finetune,
-                   progress=progress)
+    finetune = finetune_defaults(ckpt.meta.get("training") or None)
+    if finetune_epochs:
+        finetune = dataclasses.replace(finetune, epochs=finetune_epochs)
+    if lr is not None:
+        finetune = dataclasses.replace(finetune, lr=lr)
+    return make_context(data=load_dataset(name, "train", data),
+                        test_data=load_dataset(name, "test", data), finetune=finetune,
+                        progress=progress)
 
 
 def _before_after(before, after, err_before, err_after, title: str,
@@ -311,52 +364,98 @@ def _before_after(before, after, err_before, err_after, title: str,
 def _run_steps(checkpoint: Path, out: Path, steps, finetune_defaults: dict, *,
                dataset: str | None, data: Path | None, finetune_epochs: int | None,
                lr: float | None, progress: bool, recipe_name: str,
-               pack_coder: str | None = None) -> None:
-    """Run the steps, save the checkpoint to ``out`` and, with ``pack_coder``, the .mzip
-    ``out/model.mzip``, whose unpacked model is the one evaluated for the "after" row."""
-    from modelzip.checkpoint import load_checkpoint, save_checkpoint, write_atomic
-    from modelzip.measure import profile_model
-    from modelzip.recipe import Recipe, run_recipe
-    from modelzip.train import evaluate
+               pack_coder: str | None = None, pack: dict | None = None,
+               model: str | None = None, force: bool = False) -> None:
+    """Compress through ``modelzip.compress``; save the result as a checkpoint in ``out`` and,
+    with a pack step, the artifact ``out/model.mzip``, whose read-back model is the one
+    evaluated for the "after" row."""
+    from modelzip.checkpoint import save_checkpoint
+    from modelzip.pipeline import compress
+    from modelzip.recipe import Recipe
 
-    ckpt = load_checkpoint(checkpoint)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ModelzipError(f"{out} exists and is not empty; pass --force to replace what "
+                            "it holds, or choose another --out")
+    ckpt = _load_checkpoint(checkpoint, model)
     ctx = _context(ckpt, dataset, data, finetune_epochs, lr, progress)
-    recipe = Recipe(recipe_name, tuple(steps), finetune_defaults)
-    model = ckpt.model
-    before, err_before = profile_model(model), evaluate(model, ctx.test_data)
-    model = run_recipe(model, recipe, ctx)
-    artifact = None
-    if pack_coder is not None:
-        from modelzip.codec.model import pack, unpack
-
-        artifact = out / "model.mzip"
-        write_atomic(artifact, pack(model, coder=pack_coder))
-        model = unpack(artifact.read_bytes())  # report what the file holds, not memory
-    after, err_after = profile_model(model), evaluate(model, ctx.test_data)
-    save_checkpoint(model, out, dataset=ckpt.meta.get("dataset"),
-                    training=ckpt.meta.get("training"), metrics=err_after.to_dict(),
-                    extra={"compression": {"source": str(checkpoint),
-                                           "recipe": recipe.to_dict(),
-                                           "records": ctx.records,
-                                           "before": {"test_error_pct": err_before.error_pct,
-                                                      **before.to_dict()}}})
-    stored = artifact.stat().st_size if artifact is not None else None
-    _console().print(_before_after(before, after, err_before, err_after,
-                                   f"{ckpt.meta['model']['name']}: {recipe_name}", stored))
+    pack_settings = pack if pack is not None else (
+        {"coder": pack_coder} if pack_coder is not None else None)
+    recipe = Recipe(recipe_name, tuple(steps), finetune_defaults,
+                    pack=pack_settings or {"coder": "best"})
+    artifact = out / "model.mzip" if pack_settings is not None else None
+    result = compress(ckpt.model, recipe, ctx=ctx, out=artifact, force=True)
+    if artifact is None:  # no pack step: report the model itself, not a read-back
+        result.artifact = None
+    saved = result.model if result.artifact_kind == "state-dict" or artifact is None \
+        else None
+    if saved is not None:
+        save_checkpoint(saved, out, dataset=ckpt.meta.get("dataset"),
+                        training=ckpt.meta.get("training"),
+                        metrics=_metrics(result.test_error_after),
+                        extra={"compression": {"source": str(checkpoint),
+                                               "recipe": recipe.to_dict(),
+                                               "records": result.records,
+                                               "settings": result.settings,
+                                               "before": {
+                                                   **_metrics(result.test_error_before),
+                                                   **result.before.to_dict()}}})
+    stored = result.artifact_bytes if artifact is not None else None
+    name = ckpt.meta["model"].get("name", "model")
+    _console().print(_before_after(result.before, result.after, result.test_error_before,
+                                   result.test_error_after, f"{name}: {recipe_name}", stored))
     if artifact is not None:
-        _console().print(f"wrote {artifact} ({stored:,} bytes, "
-                         f"{before.dense_bytes / stored:.1f}x smaller than dense fp32); "
-                         f"inspect it with: modelzip inspect {artifact}")
+        _console().print(f"wrote {artifact} ({stored:,} bytes, {result.ratio:.1f}x smaller "
+                         f"than dense fp32); inspect it with: modelzip inspect {artifact}"
+                         + (f"; run it with: modelzip run {artifact} --input inputs.npy"
+                            if result.artifact_kind == "onnx-graph" else ""))
     _console().print(f"saved {out}")
+
+
+def _metrics(result) -> dict:
+    if result is None:
+        return {}
+    return result.to_dict() if hasattr(result, "to_dict") else {"score": float(result)}
+
+
+# Reaching a user's own model: a builder by import path, built with recorded keyword arguments.
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="your model's builder, MODULE:FUNCTION (e.g. mypkg.nets:build_net), or a "
+                    "zoo name: the skeleton the recorded changes and weights are put into")]
+
+
+def _skeleton(model: str | None, kwargs: dict | None = None):
+    """A freshly built model from ``--model``: a zoo name or MODULE:FUNCTION."""
+    if model is None:
+        return None
+    from modelzip.core.builders import build_from_target
+    from modelzip.zoo import build_model, list_models
+
+    if ":" not in model:
+        if model not in list_models():
+            raise ModelzipError(f"--model {model!r}: not a zoo model ({', '.join(list_models())}"
+                                ") nor MODULE:FUNCTION")
+        return build_model(model, **(kwargs or {}))
+    return build_from_target(model, kwargs)
+
+
+def _load_checkpoint(path: Path, model: str | None = None):
+    """A checkpoint; ``--model`` builds the skeleton of a user's model with the builder
+    arguments the checkpoint records."""
+    from modelzip.checkpoint import _read_meta, load_checkpoint
+
+    if model is None:
+        return load_checkpoint(path)
+    recorded = (_read_meta(path).get("model") or {}).get("kwargs") or {}
+    return load_checkpoint(path, model=_skeleton(model, recorded))
 
 
 @app.command()
 def prune(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder")],
     out: Annotated[Path, typer.Option("-o", "--out", help="checkpoint folder to write")],
-    method: Annotated[str, typer.Option(help="a pruning technique: magnitude, "
-                                             "iterative-magnitude, agp, l1-filter, "
-                                             "drop-bound")] = "magnitude",
+    method: Annotated[str, typer.Option(help="a technique of kind prune; list them with: "
+                                             "modelzip techniques --kind prune")
+                      ] = "magnitude",
     sets: Annotated[list[str] | None, typer.Option("--set", help="technique option "
                                                    "KEY=VALUE (repeatable), e.g. "
                                                    "--set sparsity=0.9")] = None,
@@ -369,12 +468,14 @@ def prune(
     progress: bool = True,
 ) -> None:
     """Prune a checkpoint, fine-tune it, print the before/after table and save it."""
-    from modelzip.registry import config_from_dict
+    from modelzip.registry import config_from_dict, get_technique, list_techniques
 
-    if method in QUANTIZERS:
-        raise ModelzipError(f"{method} quantizes rather than prunes; use: modelzip quantize "
-                            f"CHECKPOINT --method {method} (a plain fine-tuning step after it "
-                            "would undo the quantization)")
+    if get_technique(method).kind != "prune":
+        kind = get_technique(method).kind
+        hint = (f"use: modelzip quantize CHECKPOINT --method {method} (a plain fine-tuning "
+                "step after it would undo the quantization)" if kind == "quantize" else
+                f"pruning techniques: {', '.join(list_techniques('prune'))}")
+        raise ModelzipError(f"{method} is a {kind} technique, not a pruning one; {hint}")
     steps = [(method, config_from_dict(method, _parse_sets(sets)))]
     if finetune_epochs > 0:
         steps.append(("finetune", config_from_dict("finetune", {"epochs": finetune_epochs})))
@@ -383,14 +484,12 @@ def prune(
                recipe_name=f"prune --method {method}")
 
 
-QUANTIZERS = ("kmeans", "uniform")
-
-
 @app.command()
 def quantize(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder")],
     out: Annotated[Path, typer.Option("-o", "--out", help="checkpoint folder to write")],
-    method: Annotated[str, typer.Option(help="kmeans (weight sharing) or uniform")
+    method: Annotated[str, typer.Option(help="a technique of kind quantize (kmeans: weight "
+                                             "sharing, uniform); see modelzip techniques")
                       ] = "kmeans",
     sets: Annotated[list[str] | None, typer.Option("--set", help="technique option "
                                                    "KEY=VALUE (repeatable), e.g. --set bits=5 "
@@ -404,10 +503,11 @@ def quantize(
     """Quantize the weights of a checkpoint (pruned weights stay zero); save it as a
     checkpoint and as OUT/model.mzip and print the before/after table. Fine-tuning is the
     technique's own (kmeans: finetune_epochs, centroids only; uniform: qat_epochs)."""
-    from modelzip.registry import config_from_dict
+    from modelzip.registry import config_from_dict, list_techniques
 
-    if method not in QUANTIZERS:
-        raise ModelzipError(f"--method must be one of {', '.join(QUANTIZERS)}, got {method!r}")
+    if method not in list_techniques("quantize"):
+        raise ModelzipError(f"--method must be one of {', '.join(list_techniques('quantize'))}"
+                            f", got {method!r}")
     steps = [(method, config_from_dict(method, _parse_sets(sets)))]
     _run_steps(checkpoint, out, steps, {}, dataset=dataset, data=data, finetune_epochs=None,
                lr=None, progress=progress, recipe_name=f"quantize --method {method}",
@@ -417,21 +517,25 @@ def quantize(
 @app.command()
 def compress(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder")],
-    recipe: Annotated[Path, typer.Option(help="YAML recipe (see recipes/)")],
+    recipe: Annotated[str, typer.Option(help="YAML recipe file, or the name of a built-in "
+                                             "recipe (e.g. deep-compression)")],
     out: Annotated[Path, typer.Option("-o", "--out", help="checkpoint folder to write")],
+    model: ModelOpt = None,
     dataset: Annotated[str | None, typer.Option(help="default: the checkpoint's")] = None,
     data: Annotated[Path | None, typer.Option(help="folder holding the dataset")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace what --out holds")] = False,
     progress: bool = True,
 ) -> None:
-    """Run a YAML recipe of compression steps on a checkpoint; save the result as a
-    checkpoint and as OUT/model.mzip, and print the before/after table (the "after" error is
-    that of the model unpacked from the .mzip)."""
-    from modelzip.recipe import load_recipe
+    """Run a recipe of compression steps on a checkpoint through modelzip.compress; save the
+    result as a checkpoint and as OUT/model.mzip (the weights, or with the recipe's `pack:
+    {format: onnx}` the runnable graph), and print the before/after table (the "after"
+    error is that of the model read back from the .mzip)."""
+    from modelzip.pipeline import _recipe
 
-    rec = load_recipe(recipe)
+    rec = _recipe(recipe)
     _run_steps(checkpoint, out, list(rec.steps), rec.finetune, dataset=dataset, data=data,
                finetune_epochs=None, lr=None, progress=progress, recipe_name=rec.name,
-               pack_coder=rec.pack["coder"])
+               pack=rec.pack, model=model, force=force)
 
 
 @app.command()
@@ -485,16 +589,67 @@ def sensitivity(
 
 
 @app.command()
-def techniques() -> None:
-    """List the registered techniques and their options."""
+def techniques(
+    kind: Annotated[str | None, typer.Option(help="only this kind: prune, quantize, "
+                                                  "factorize, distill, train, export")] = None,
+) -> None:
+    """List the registered techniques by kind, with every option's type and default."""
     import dataclasses
+    import typing
 
     from modelzip.registry import get_technique, list_techniques
+    from modelzip.techniques import plugin_errors
 
-    for name in list_techniques():
+    con = _console()
+    for name in list_techniques(kind):
         tech = get_technique(name)
-        opts = ", ".join(f.name for f in dataclasses.fields(tech.config_cls))
-        _console().print(f"[bold]{name}[/]: {tech.summary}\n    options: {opts}")
+        hints = typing.get_type_hints(tech.config_cls)
+        con.print(f"[bold]{name}[/] ({tech.kind}{', plugin ' + tech.plugin if tech.plugin else ''}"
+                  f"): {tech.summary}", soft_wrap=True)
+        for f in dataclasses.fields(tech.config_cls):
+            if not f.init:
+                continue
+            default = (f.default if f.default is not dataclasses.MISSING else
+                       f.default_factory() if f.default_factory is not dataclasses.MISSING
+                       else "required")
+            type_name = getattr(hints[f.name], "__name__", None) or str(hints[f.name])
+            con.print(f"    {f.name}: {type_name.replace('typing.', '')} = {default!r}",
+                      soft_wrap=True, markup=False)
+    for plugin, error in plugin_errors.items():
+        con.print(f"[yellow]plugin {plugin} failed to load: {error}", soft_wrap=True)
+
+
+@app.command()
+def images(
+    folder: Annotated[Path, typer.Argument(help="a folder of images (PNG/JPEG), or of class "
+                                                "subfolders of images")],
+    out: Annotated[Path, typer.Option("-o", "--out", help=".npy file to write (uint8 N x C "
+                                                          "x H x W), the input of `run`")],
+    size: Annotated[str | None, typer.Option(help="resize to HxW, e.g. 64x64 (default: the "
+                                                  "first image's size)")] = None,
+    channels: Annotated[int, typer.Option(help="1 (grey) or 3 (RGB)")] = 3,
+    force: Annotated[bool, typer.Option("--force", help="replace --out")] = False,
+) -> None:
+    """Turn a folder of images into the images.npy that `modelzip run` takes."""
+    import io
+
+    import numpy as np
+
+    from modelzip.atomic import write_atomic
+    from modelzip.data import images_to_array
+
+    if out.exists() and not force:
+        raise ModelzipError(f"{out} exists; pass --force to replace it")
+    shape = _parse_shape(size)
+    if shape is not None and len(shape) != 2:
+        raise ModelzipError(f"--size {size!r}: expected HxW, e.g. 64x64")
+    array, files = images_to_array(folder, size=shape, channels=channels)
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    write_atomic(out, buffer.getvalue())
+    _console().print(f"wrote {out}: {array.shape[0]} images, uint8 "
+                     f"{'x'.join(map(str, array.shape[1:]))} (from {files[0]} ...)",
+                     soft_wrap=True)
 
 
 # Options of the int8 commands (export, pack-onnx): the same names and meaning in both.
@@ -611,8 +766,8 @@ def demo(
     model: str = "lenet5",
     epochs: Annotated[int | None, typer.Option(help="default: 8 on the sample, 2 on full "
                                                     "MNIST")] = None,
-    recipe: Annotated[Path | None, typer.Option(help="compression recipe (default: "
-                                                      "recipes/deep-compression.yaml)")
+    recipe: Annotated[Path | None, typer.Option(help="compression recipe file (default: the "
+                                                      "built-in deep-compression)")
                       ] = None,
     compress_: Annotated[bool, typer.Option("--compress/--no-compress",
                                             help="compress the trained model with the "
@@ -653,21 +808,13 @@ def demo(
     con.print(f"saved checkpoint to {out}; inspect it with: modelzip inspect {out}")
     if not compress_:
         return
-    from modelzip.recipe import load_recipe
+    from modelzip.recipe import builtin_recipe, load_recipe
 
-    rec = load_recipe(recipe or _builtin_recipe("deep-compression"))
+    rec = load_recipe(recipe) if recipe is not None else builtin_recipe("deep-compression")
     con.print(f"[bold]compressing[/] with recipe {rec.name}: {rec.description}")
     _run_steps(out, out / "compressed", list(rec.steps), rec.finetune, dataset=None,
                data=None, finetune_epochs=None, lr=None, progress=progress,
-               recipe_name=rec.name, pack_coder=rec.pack["coder"])
-
-
-def _builtin_recipe(name: str) -> Path:
-    """A recipe from the checkout's recipes/ folder (the demo runs from a checkout)."""
-    path = Path(__file__).resolve().parents[2] / "recipes" / f"{name}.yaml"
-    if not path.is_file():
-        raise ModelzipError(f"recipe {name!r} not found at {path}; pass --recipe FILE")
-    return path
+               recipe_name=rec.name, pack=rec.pack, force=True)
 
 
 @app.command("pack-onnx")

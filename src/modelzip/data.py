@@ -234,9 +234,11 @@ def cache_dir() -> Path:
 
 
 def _search_bases(root: str | os.PathLike[str] | None) -> list[Path]:
-    bases: list[Path] = []
+    """An explicit ``root`` is the only place looked at (a wrong path must not silently fall
+    back to another copy); else $MODELZIP_DATA, then the cache."""
     if root is not None:
-        bases.append(Path(root).expanduser())
+        return [Path(root).expanduser()]
+    bases: list[Path] = []
     if os.environ.get("MODELZIP_DATA"):
         bases.append(Path(os.environ["MODELZIP_DATA"]).expanduser())
     bases.append(cache_dir())
@@ -418,6 +420,25 @@ def _decode_images(files: Sequence[Path], image_size: tuple[int, int] | None,
                             f"{first_size[1]}x{first_size[0]}; pass image_size to resize")
         arrays.append(arr if arr.ndim == 3 else arr[:, :, None])
     return np.stack(arrays).transpose(0, 3, 1, 2).copy()
+
+
+def images_to_array(folder: str | os.PathLike[str], *, size: tuple[int, int] | None = None,
+                    channels: int = 3) -> tuple[np.ndarray, list[Path]]:
+    """Every image in ``folder`` (or in its class subfolders), in natural name order, as uint8
+    (N, C, H, W): the input that ``modelzip run`` takes (it normalises uint8 itself)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found")
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels}")
+    files = sorted((f for f in folder.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES),
+                   key=lambda f: _natural_key(f.name))
+    if not files:
+        files = _list_class_folder(folder)[1]
+    if not files:
+        raise DataError(f"{folder}: no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) here or "
+                        "in its subfolders")
+    return _decode_images(files, size, "L" if channels == 1 else "RGB"), files
 
 
 def _cached_decode(files: Sequence[Path], image_size: tuple[int, int] | None,

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from modelzip.core.dataset import call_model
 from modelzip.errors import ConfigError
 from modelzip.zoo import check_input_shape
 
@@ -101,27 +102,50 @@ def _own_params(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 
 def _example_input(model: nn.Module, input_shape: tuple[int, ...] | None,
-                   batch_size: int = 1) -> torch.Tensor:
+                   batch_size: int = 1, example_inputs: Any = None) -> Any:
+    """Inputs for ``batch_size`` samples: ``example_inputs`` (a tensor, tuple or dict, batch
+    first) cut or repeated to that batch, else seeded normal inputs of ``input_shape`` (or the
+    zoo's recorded shape)."""
+    if example_inputs is not None:
+        return _with_batch(example_inputs, batch_size)
     if input_shape is None:
         spec = getattr(model, "modelzip_spec", None)
         if spec is None or not spec.input_shape:
-            raise ConfigError("input_shape is needed for a model not built by modelzip.zoo")
+            raise ConfigError(f"cannot tell what a {type(model).__name__} takes as input; pass "
+                              "example_inputs (a tensor, tuple or dict of tensors, batch "
+                              "first) or input_shape")
         input_shape = spec.input_shape
     check_input_shape(model, tuple(input_shape))
     return torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
 
 
+def _with_batch(inputs: Any, n: int) -> Any:
+    if isinstance(inputs, torch.Tensor):
+        reps = -(-n // max(int(inputs.shape[0]), 1))
+        return inputs.repeat(reps, *([1] * (inputs.ndim - 1)))[:n]
+    if isinstance(inputs, dict):
+        return {k: _with_batch(v, n) for k, v in inputs.items()}
+    if isinstance(inputs, tuple | list):
+        return tuple(_with_batch(v, n) for v in inputs)
+    return inputs
+
+
+def _sample_shape(inputs: Any) -> tuple[int, ...]:
+    """The per-sample shape of single-tensor inputs; () for tuple/dict inputs."""
+    return tuple(inputs.shape[1:]) if isinstance(inputs, torch.Tensor) else ()
+
+
 @torch.no_grad()
-def count_macs(model: nn.Module, input_shape: tuple[int, ...] | None = None
-               ) -> tuple[dict[str, int], int]:
+def count_macs(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
+               example_inputs: Any = None) -> tuple[dict[str, int], int]:
     """MACs per module name and in total, for one sample, as counted by PyTorch's
     ``FlopCounterMode`` (matmul and convolution ops; element-wise ops are not counted)."""
-    x = _example_input(model, input_shape)
+    x = _example_input(model, input_shape, 1, example_inputs)
     was_training = model.training
     model.eval()
     try:
         with FlopCounterMode(display=False) as counter:
-            model(x)
+            call_model(model, x)
     finally:
         model.train(was_training)
     per_module: dict[str, int] = {}
@@ -137,10 +161,12 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...] | None = None
     return per_module, total
 
 
-def profile_model(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> ModelProfile:
-    """Per-layer parameters, non-zeros, MACs and dense bytes for one input shape."""
-    x = _example_input(model, input_shape)
-    macs, total = count_macs(model, tuple(x.shape[1:]))
+def profile_model(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
+                  example_inputs: Any = None) -> ModelProfile:
+    """Per-layer parameters, non-zeros, MACs and dense bytes for one sample of
+    ``example_inputs`` (any model) or of ``input_shape`` (a zoo model knows its own)."""
+    x = _example_input(model, input_shape, 1, example_inputs)
+    macs, total = count_macs(model, example_inputs=x)
     layers = []
     for name, module in model.named_modules():
         params = _own_params(module)
@@ -153,7 +179,7 @@ def profile_model(model: nn.Module, input_shape: tuple[int, ...] | None = None) 
             name=name or "(root)", type=type(module).__name__,
             weight_shape=tuple(weight.shape), params=n, nonzero=nz,
             macs=macs.get(name, 0), dense_bytes=n * FP32_BYTES))
-    return ModelProfile(input_shape=tuple(x.shape[1:]), layers=layers, total_macs=total)
+    return ModelProfile(input_shape=_sample_shape(x), layers=layers, total_macs=total)
 
 
 @dataclass(frozen=True)
@@ -192,24 +218,24 @@ def torch_threads(n: int) -> Iterator[None]:
 @torch.no_grad()
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
                     batch_size: int = 1, threads: int = 1, warmup: int = 10,
-                    runs: int = 50) -> LatencyStats:
+                    runs: int = 50, example_inputs: Any = None) -> LatencyStats:
     """Median and quartiles of the forward time after ``warmup`` untimed runs, in eval mode,
     with ``threads`` intra-op threads."""
     if runs < 5:
         raise ConfigError(f"runs must be >= 5 for quartiles to mean anything, got {runs}")
     if threads < 1 or batch_size < 1:
         raise ConfigError("threads and batch_size must be >= 1")
-    x = _example_input(model, input_shape, batch_size)
+    x = _example_input(model, input_shape, batch_size, example_inputs)
     was_training = model.training
     model.eval()
     times: list[float] = []
     try:
         with torch_threads(threads):
             for _ in range(warmup):
-                model(x)
+                call_model(model, x)
             for _ in range(runs):
                 t0 = time.perf_counter()
-                model(x)
+                call_model(model, x)
                 times.append((time.perf_counter() - t0) * 1e3)
     finally:
         model.train(was_training)
@@ -239,18 +265,19 @@ def _release_free_memory() -> None:
 
 @torch.no_grad()
 def measure_peak_memory(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
-                        batch_size: int = 1, repeats: int = 3) -> int | None:
+                        batch_size: int = 1, repeats: int = 3,
+                        example_inputs: Any = None) -> int | None:
     """Extra resident memory (bytes) that one inference needs in steady state: the process's
     peak RSS during the forward pass minus its RSS just before, after one untimed warm-up
     (which pays one-time kernel set-up) and with freed heap memory returned to the OS; the
     median of ``repeats`` runs. Linux only (reads /proc, resets the peak through
     /proc/self/clear_refs); None where that is not available."""
-    x = _example_input(model, input_shape, batch_size)
+    x = _example_input(model, input_shape, batch_size, example_inputs)
     was_training = model.training
     model.eval()
     samples = []
     try:
-        model(x)
+        call_model(model, x)
         for _ in range(repeats):
             _release_free_memory()
             try:
@@ -258,7 +285,7 @@ def measure_peak_memory(model: nn.Module, input_shape: tuple[int, ...] | None = 
             except OSError:
                 return None
             before = _read_status_kib("VmRSS")
-            model(x)
+            call_model(model, x)
             peak = _read_status_kib("VmHWM")
             if before is None or peak is None:
                 return None
@@ -289,20 +316,22 @@ class Measurement:
 def measure(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
             data: Any = None, batch_sizes: tuple[int, ...] = (1, 64),
             threads: tuple[int, ...] | None = None, runs: int = 50,
-            latency: bool = True) -> Measurement:
-    """Profile, and optionally time, ``model``; evaluate it on ``data`` if given."""
+            latency: bool = True, example_inputs: Any = None) -> Measurement:
+    """Profile, and optionally time, ``model`` on ``example_inputs`` (any model) or
+    ``input_shape``; evaluate it on ``data`` if given."""
     from modelzip.train import evaluate
 
-    prof = profile_model(model, input_shape)
+    prof = profile_model(model, input_shape, example_inputs=example_inputs)
     result = Measurement(profile=prof)
     if latency:
         thread_counts = threads or tuple(sorted({1, torch.get_num_threads()}))
         for bs in batch_sizes:
             for th in thread_counts:
-                result.latency.append(measure_latency(model, prof.input_shape, batch_size=bs,
-                                                      threads=th, runs=runs))
-            result.peak_memory_bytes[bs] = measure_peak_memory(model, prof.input_shape,
-                                                               batch_size=bs)
+                result.latency.append(measure_latency(
+                    model, input_shape, batch_size=bs, threads=th, runs=runs,
+                    example_inputs=example_inputs))
+            result.peak_memory_bytes[bs] = measure_peak_memory(
+                model, input_shape, batch_size=bs, example_inputs=example_inputs)
     if data is not None:
         result.accuracy = evaluate(model, data).to_dict()
     return result

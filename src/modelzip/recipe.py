@@ -15,25 +15,37 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 from torch import nn
 
 from modelzip.errors import ConfigError
 from modelzip.registry import Context, apply_technique, config_from_dict
 
-__all__ = ["Recipe", "load_recipe", "run_recipe"]
+__all__ = ["Recipe", "builtin_recipe", "builtin_recipes", "load_recipe", "run_recipe"]
 
 
 class _PackSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # state-dict: the weights, unpacked onto the model in PyTorch; onnx: the runnable graph
+    # with its weights, for the torch-free `modelzip run`
+    format: Literal["state-dict", "onnx"] = "state-dict"
     # best: per tensor, the smallest of the codec's coders (Huffman, rANS, fixed width)
     coder: Literal["best", "huffman", "rans", "raw"] = "best"
+    int8: bool = False  # format onnx: static int8 operators, calibrated on training samples
+    method: Literal["minmax", "percentile", "entropy"] = "minmax"  # int8 calibration
+
+    @model_validator(mode="after")
+    def _int8_needs_onnx(self) -> _PackSettings:
+        if self.int8 and self.format != "onnx":
+            raise ValueError("int8 operators need format: onnx")
+        return self
 
 
 class _RecipeFile(BaseModel):
@@ -65,7 +77,7 @@ class Recipe:
     steps: tuple[tuple[str, Any], ...]
     finetune: dict[str, Any]
     description: str = ""
-    pack: dict[str, Any] = field(default_factory=lambda: {"coder": "best"})
+    pack: dict[str, Any] = field(default_factory=lambda: _PackSettings().model_dump())
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "recipe") -> Recipe:
@@ -124,8 +136,25 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     return Recipe.from_dict(data, source=str(path))
 
 
+def builtin_recipes() -> list[str]:
+    """Names of the recipes that ship with modelzip (package data)."""
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("modelzip.recipes")
+                  .iterdir() if p.name.endswith(".yaml"))
+
+
+def builtin_recipe(name: str) -> Recipe:
+    """A recipe that ships with modelzip, by name (e.g. "deep-compression")."""
+    source = resources.files("modelzip.recipes") / f"{name}.yaml"
+    if not source.is_file():
+        raise ConfigError(f"no built-in recipe {name!r}; built-in: "
+                          f"{', '.join(builtin_recipes())}; or pass a YAML file")
+    data = yaml.safe_load(source.read_text())
+    return Recipe.from_dict(data, source=f"built-in recipe {name}")
+
+
 def run_recipe(model: nn.Module, recipe: Recipe, ctx: Context) -> nn.Module:
-    """Apply every step in order; the context carries data, fine-tuning defaults and masks."""
+    """Apply every step in order, each on a copy (``modelzip.apply``); the context carries
+    data, fine-tuning defaults and masks. ``model`` is not changed."""
     from modelzip.finetune import FinetuneConfig
 
     if recipe.finetune:
@@ -133,7 +162,7 @@ def run_recipe(model: nn.Module, recipe: Recipe, ctx: Context) -> nn.Module:
         assert isinstance(base, FinetuneConfig)
         ctx.finetune = base.merged(ctx.finetune)
     for i, (name, config) in enumerate(recipe.steps, 1):
-        ctx.log(f"[bold]step {i}/{len(recipe.steps)}: {name}")
+        ctx.log(f"step {i}/{len(recipe.steps)}: {name}")
         model = apply_technique(model, config, ctx)
         _check_finite(model, f"{recipe.name}: step {i} ({name})")
     return model
