@@ -31,7 +31,8 @@ demo: $(STAMP)
 	$(VENV)/bin/modelzip demo
 
 test: $(STAMP)
-	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff check src tests bench examples
+	$(PY) bench/readme_table.py --check
 	$(PY) -m pytest -n 2 --dist loadfile -q
 
 lint: $(STAMP)

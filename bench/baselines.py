@@ -25,7 +25,7 @@ from benchlib import write_results
 from modelzip import __version__
 from modelzip.checkpoint import load_checkpoint, save_checkpoint
 from modelzip.data import load_dataset
-from modelzip.measure import profile_model
+from modelzip.metrics import profile_model
 from modelzip.train import TrainConfig, evaluate, fit
 from modelzip.zoo import build_model
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,45 @@ def wait_for_checkpoint(path: Path, timeout_s: float) -> None:
         time.sleep(30)
 
 
+def cpu_info() -> dict[str, Any]:
+    """The CPU model and the instruction sets that decide int8 speed (VNNI: int8 dot
+    products without the int16 saturation of AVX2's VPMADDUBSW)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"cpu_model": platform.processor() or None}
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                  if line.startswith("model name")), None)
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    return {"cpu_model": model, "cpu_int8_flags": [f for f in wanted if f in flags]}
+
+
+def provenance() -> dict[str, Any]:
+    """What a result depends on besides its settings: the git commit (with a flag when the
+    work tree differed from it), library versions and the CPU."""
+    root = Path(__file__).resolve().parents[1]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=root).stdout.strip() or None
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, cwd=root).stdout.strip())
+    out: dict[str, Any] = {"git_commit": commit, "git_dirty": dirty}
+    for pkg in ("modelzip", "torch", "numpy", "onnxruntime", "torch-pruning", "transformers"):
+        try:
+            out[f"{pkg.replace('-', '_')}_version"] = version(pkg)
+        except PackageNotFoundError:
+            out[f"{pkg.replace('-', '_')}_version"] = None
+    return {**out, **cpu_info()}
+
+
 def write_results(path: Path, benchmark: str, description: str, rows: list[dict[str, Any]],
                   **extra: Any) -> dict[str, Any]:
-    """Write one results file: what it is, when and where it was made, then one flat object
-    per model (``extra`` goes before the rows)."""
+    """Write one results file: what it is, when and where it was made (commit, versions, CPU),
+    then one flat object per model (``extra`` goes before the rows)."""
     doc = {"benchmark": benchmark, "description": description,
            "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", **extra, "models": rows}
+           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", **provenance(), **extra,
+           "models": rows}
     write_atomic(path, (json.dumps(doc, indent=2) + "\n").encode())
     return doc

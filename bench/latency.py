@@ -58,11 +58,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchlib import write_results
+from benchlib import cpu_info, write_results
 from modelzip import __version__
 from modelzip.checkpoint import load_checkpoint
 from modelzip.data import ImageDataset, load_dataset
-from modelzip.measure import torch_threads
+from modelzip.metrics import torch_threads
 from modelzip.runtime.export import evaluate_onnx, export_onnx
 from modelzip.runtime.int8 import quantize_onnx_int8
 from modelzip.runtime.ort import make_session, run_batches
@@ -111,21 +111,6 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[f"{pkg}_version"] = None
     return out
-
-
-def _cpu() -> dict[str, Any]:
-    """The CPU model and the instruction sets that decide int8 speed (VNNI: int8 dot
-    products without the int16 saturation of AVX2's VPMADDUBSW)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"cpu_model": platform.processor() or None}
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                  if line.startswith("model name")), None)
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-    return {"cpu_model": model, "cpu_int8_flags": [f for f in wanted if f in flags]}
 
 
 def _quiet() -> list[float]:
@@ -487,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
                   "fp32 PyTorch eager vs onnxruntime fp32 / int8 / pruned + int8 (and torchao "
                   "PT2E int8 on eurosat_cnn), batch 1 and 64, 1 and 2 threads, interleaved "
                   "in one process run; accuracy on the full test split", rows,
-                  settings=settings, **_versions(), **_cpu(), cpu_count=os.cpu_count(),
+                  settings=settings, **_versions(), **cpu_info(), cpu_count=os.cpu_count(),
                   load_average_before=load_before, load_average_after=load_after, **summ,
                   total_wall_time_s=round(time.perf_counter() - t_start, 1), **log)
     _say(f"wrote {args.out} in {time.perf_counter() - t_start:.0f} s")

@@ -43,7 +43,7 @@ from benchlib import wait_for_checkpoint, write_results
 from modelzip import __version__
 from modelzip.checkpoint import load_checkpoint, save_checkpoint
 from modelzip.data import load_dataset, train_val_split
-from modelzip.measure import profile_model
+from modelzip.metrics import profile_model
 from modelzip.prune.drop_bound import DropBoundConfig, validation_subset
 from modelzip.prune.structured import StructuredPruneConfig
 from modelzip.registry import Context, apply_technique

@@ -44,7 +44,7 @@ from benchlib import write_results
 from modelzip import __version__
 from modelzip.checkpoint import load_checkpoint, save_checkpoint
 from modelzip.data import ImageDataset, load_dataset
-from modelzip.measure import profile_model
+from modelzip.metrics import profile_model
 from modelzip.prune.magnitude import AGPConfig, IterativeMagnitudeConfig
 from modelzip.prune.masks import prunable_weights
 from modelzip.registry import Context, apply_technique

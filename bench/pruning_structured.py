@@ -15,7 +15,7 @@ Steps:
    rounded to multiples of 8, and remove the channels (``l1-filter``);
 4. fine-tune on the other 90% of the train split (random flips);
 5. save to bench/checkpoints/pruned/eurosat_cnn-l1/, reload, and report the reloaded model:
-   full 5,400-image test split, MACs (``modelzip.measure.profile_model``), parameters, and
+   full 5,400-image test split, MACs (``modelzip.metrics.profile_model``), parameters, and
    1-thread latency at batch 1 and 64 of pruned vs unpruned (``measure_latency``, median and
    IQR, alternating rounds in this one process; speedup = unpruned median / pruned median).
 
@@ -48,7 +48,7 @@ from benchlib import wait_for_checkpoint, write_results
 from modelzip import __version__
 from modelzip.checkpoint import load_checkpoint, save_checkpoint, write_atomic
 from modelzip.data import load_dataset, train_val_split
-from modelzip.measure import measure_latency, profile_model
+from modelzip.metrics import measure_latency, profile_model
 from modelzip.prune.sensitivity import (
     allocate,
     channel_sensitivity,

@@ -302,12 +302,48 @@ def _int8_qat(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+
+def _any_model(doc: dict[str, Any]) -> str:
+    lines = [
+        "### Any model in (`bench/any_model.py`)",
+        "",
+        "A user's CNN (trained on EuroSAT) and standard architectures built from `transformers` "
+        "configs with random init, each step a recipe run through `modelzip.compress` without "
+        "fine-tuning. Agreement: top-1 agreement with the uncompressed model on "
+        f"{doc['eval_samples']:,} EuroSAT test images (cosine of the embeddings for "
+        "`bert_encoder`, on seeded token ids). Fresh process: the .mzip unpacked onto a newly "
+        "built skeleton in another Python process gives bit-identical outputs. "
+        f"Generated {doc['generated_utc']} on {doc['machine']}, commit "
+        f"{doc.get('git_commit', '?')[:7]}.",
+        "",
+        "| model | step | params | .mzip bytes | ratio vs fp32 safetensors | agreement "
+        "| fresh process | time |",
+        "|---|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in doc["models"]:
+        if "error" in r:
+            lines.append(f"| `{r['model']}` | {r['step']} | {r['params_fp32']:,} | - | - | "
+                         f"not run: {r['error'][:90]} | - | {r['wall_time_s']:.1f} s |")
+            continue
+        agree = (f"{r['top1_agreement_pct']:.1f}%" if "top1_agreement_pct" in r
+                 else f"cos {r['embedding_cosine_mean']:.4f}")
+        if r.get("test_error_pct") is not None:
+            agree += f" (test error {r['test_error_pct']:.2f}%)"
+        fresh = ("runs under `modelzip run`" if r.get("runs_under_modelzip_run") else
+                 "bit-identical" if r.get("unpack_fresh_process_bit_identical") else "DIFFERS")
+        lines.append(f"| `{r['model']}` | {r['step']} | {r['params_after']:,} | "
+                     f"{r['file_bytes']:,} | {r['ratio_vs_fp32_safetensors']:.2f}x | {agree} | "
+                     f"{fresh} | {r['wall_time_s']:.1f} s |")
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "baselines.json": _baselines,
     "pruning.json": _pruning,
     "deep_compression.json": _deep_compression,
     "latency.json": _latency,
     "int8_qat.json": _int8_qat,
+    "any_model.json": _any_model,
     "runner.json": _runner,
     "sparse_timing.json": _sparse_timing,
 }

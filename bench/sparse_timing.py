@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from modelzip.checkpoint import write_atomic
-from modelzip.measure import torch_threads
+from modelzip.metrics import torch_threads
 from modelzip.prune.sparse import SparseLinear, csr_from_dense, csr_nbytes
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sparse_timing.json"

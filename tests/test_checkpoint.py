@@ -25,7 +25,7 @@ from modelzip.checkpoint import (
     write_atomic,
 )
 from modelzip.errors import CheckpointError
-from modelzip.zoo import build_model, layer_shapes
+from modelzip.zoo import build_model
 
 
 def _trained_bn(name: str, **kwargs) -> nn.Module:

@@ -3,6 +3,7 @@ kind of damaged or hostile file giving an ArtifactError that names the failed ch
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import json
@@ -170,9 +171,11 @@ def test_describe(small: bytes) -> None:
         8 * weight["bytes"]
     assert weight["bits_per_nonzero"] == pytest.approx(8 * weight["bytes"] / weight["nonzeros"])
     assert rows["q.scale"]["shape"] == [] and rows["q.scale"]["count"] == 1
-    keys = {"name", "shape", "dtype", "count", "nonzeros", "layout", "coder", "index_bits",
-            "value_bits", "codebook_bits", "bytes", "bits_per_nonzero"}
+    keys = {"name", "shape", "dtype", "count", "nonzeros", "layout", "coder", "value_coding",
+            "index_bits", "value_bits", "codebook_bits", "bytes", "bits_per_nonzero"}
     assert all(set(r) == keys for r in rows.values())
+    assert weight["value_coding"] == "codebook"  # 16 shared values
+    assert rows["fc.bias"]["value_coding"] == "plain"  # all different
     s = summarize_artifact(small)
     assert s["file_bytes"] == len(small) == (s["header_bytes"] + s["manifest_bytes"]
                                              + s["tensor_bytes"] + s["blob_bytes"]
@@ -458,3 +461,158 @@ def test_damaged_payload_with_valid_checksums_never_crashes(small: bytes) -> Non
             expected = small_inputs()["tensors"][tensor]
             assert art.tensors[tensor].shape == expected.shape
             assert art.tensors[tensor].dtype == expected.dtype
+
+
+# ---------------------------------------------------------------------------- grid hints
+def grid_inputs() -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """A per-channel 4-bit quantized, then pruned, layer and its grid hint; a bias."""
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((24, 40))
+    lo, hi = np.minimum(w.min(1), 0), np.maximum(w.max(1), 0)
+    scale = ((hi - lo) / 15).astype(np.float32)
+    zero = np.round(-lo / scale)
+    q = np.clip(np.rint(w / scale[:, None]) + zero[:, None], 0, 15)
+    weight = (q.astype(np.float32) - zero[:, None].astype(np.float32)) * scale[:, None]
+    weight[rng.random(w.shape) < 0.6] = 0
+    tensors = {"g.weight": weight, "g.bias": np.linspace(-1, 1, 24, dtype=np.float32)}
+    hints = {"g.weight": {"scale": scale, "zero_point": zero.astype(np.int64), "bits": 4,
+                          "axis": 0},
+             "not.a.tensor": {"scale": [1.0]}}  # ignored
+    return tensors, hints
+
+
+@pytest.fixture(scope="module")
+def gridded() -> bytes:
+    tensors, hints = grid_inputs()
+    data = write_artifact(tensors, hints=hints)
+    assert "grid" in read_container(data).manifest["tensors"]["g.weight"]
+    return data
+
+
+def test_hints_store_the_grid_and_read_back_bit_exactly(gridded: bytes) -> None:
+    tensors, hints = grid_inputs()
+    art = read_artifact(gridded)
+    for name, array in tensors.items():
+        assert art.tensors[name].tobytes() == array.tobytes()
+    rows = {r["name"]: r for r in describe_artifact(gridded)}
+    row = rows["g.weight"]
+    assert row["value_coding"] == "grid"
+    assert row["index_bits"] + row["value_bits"] + row["codebook_bits"] == 8 * row["bytes"]
+    assert row["codebook_bits"] >= 32 * 24  # the scales
+    without = write_artifact(tensors)
+    assert {r["name"]: r["value_coding"] for r in describe_artifact(without)}["g.weight"] \
+        != "grid"
+    assert len(gridded) < len(without)
+    assert write_artifact(tensors, hints=hints) == gridded  # deterministic
+
+
+def test_bad_hints_name_the_tensor() -> None:
+    tensors, _ = grid_inputs()
+    with pytest.raises(ArtifactError, match="hints must be a dict"):
+        write_artifact(tensors, hints=[("g.weight", {"scale": [1.0]})])
+    with pytest.raises(ArtifactError, match=r"tensor 'g.weight': a grid hint is a dict"):
+        write_artifact(tensors, hints={"g.weight": [0.1] * 24})
+    with pytest.raises(ArtifactError, match=r"tensor 'g.weight': .*axis must be 0"):
+        write_artifact(tensors, hints={"g.weight": {"scale": [0.1] * 24, "axis": 1}})
+
+
+def _set_grid(name: str, **changes: Any):
+    def mutate(manifest: dict, chunks: dict) -> None:
+        manifest["tensors"][name]["grid"].update(changes)
+    return mutate
+
+
+def test_a_hostile_grid_is_refused_naming_the_tensor(gridded: bytes) -> None:
+    tracemalloc.start()
+    try:
+        for changes in ({"channels": 10**12}, {"channels": 10**6}, {"channels": 7},
+                        {"levels": 10**9}, {"levels": -1}, {"scales": {"bytes": 4 * 10**9}}):
+            refused(rewrite(gridded, _set_grid("g.weight", **changes)), "tensor 'g.weight'")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+
+
+def test_zero_points_out_of_range_are_refused_naming_the_tensor(gridded: bytes) -> None:
+    from modelzip.codec.coders import CODERS
+    from modelzip.codec.tensor import MAX_GRID_LEVELS
+
+    def hostile(manifest: dict, chunks: dict) -> None:
+        entry = manifest["tensors"]["g.weight"]
+        keep = len(chunks["tensor:g.weight"]) - entry["grid"]["zero_points"]["bytes"]
+        data = CODERS["huffman"].encode(np.full(24, 10 * MAX_GRID_LEVELS))
+        chunks["tensor:g.weight"] = chunks["tensor:g.weight"][:keep] + data
+        entry["grid"]["zero_points"] = {"coder": "huffman", "bytes": len(data)}
+    refused(rewrite(gridded, hostile), "tensor 'g.weight'", "zero point 655360 out of range")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(field=st.sampled_from(["grid", "grid.channels", "grid.levels", "grid.scales",
+                              "grid.scales.bytes", "grid.zero_points",
+                              "grid.zero_points.coder", "grid.zero_points.bytes", "codebook",
+                              "codebook.size", "values.coder", "values.bytes", "dtype",
+                              "shape", "layout", "entries"]),
+       value=json_values)
+def test_any_lie_in_a_grid_entry_is_an_artifact_error(gridded: bytes, field: str,
+                                                      value: Any) -> None:
+    """Whatever a grid-coded entry's field is replaced with: ArtifactError, or (a harmless
+    change) the same arrays as before. Never another exception."""
+    def mutate(manifest: dict, chunks: dict) -> None:
+        target = manifest["tensors"]["g.weight"]
+        *parents, key = field.split(".")
+        for p in parents:
+            target = target.setdefault(p, {})
+            if not isinstance(target, dict):
+                return
+        target[key] = value
+    try:
+        art = read_artifact(rewrite(gridded, mutate))
+    except ArtifactError:
+        return
+    expected = grid_inputs()[0]["g.weight"]
+    assert art.tensors["g.weight"].tobytes() == expected.tobytes()
+    assert art.tensors["g.weight"].dtype == expected.dtype
+
+
+def test_damaged_grid_payload_with_valid_checksums_never_crashes(gridded: bytes) -> None:
+    layout = read_container(gridded)
+    original = bytes(layout.chunks["tensor:g.weight"])
+    expected = grid_inputs()[0]["g.weight"]
+    for i in range(len(original)):
+        def damage(manifest: dict, chunks: dict, i: int = i) -> None:
+            data = bytearray(chunks["tensor:g.weight"])
+            data[i] ^= 0x24
+            chunks["tensor:g.weight"] = bytes(data)
+        try:
+            art = read_artifact(rewrite(gridded, damage))
+        except ArtifactError:
+            continue
+        assert art.tensors["g.weight"].shape == expected.shape
+        assert art.tensors["g.weight"].dtype == expected.dtype
+
+
+# A file written before the grid value coding existed (format version 1, same as now).
+_OLD_FILE = (
+    "TVpJUAEAAQA0AQAANwAAAAAAAACVkFtOwzAQRbeC5nuo4kdD4q1UFXJiA1GNHdkOpa26d8YUtaGKkPCHZc/j3Jl7gs6F"
+    "LoHabBH6t8nvynsD2foUouoAOUfRPMm15FK2W7ymPKWw4YxJVgk2S+wBBUNqWIu2bviWwO82a1An2IFiZ/oGYx0oPzmH"
+    "MMZgpt5GUJf4cRgfqhVbVYA/xFRau3IZ21OJee5jLzgoIWpZyVbUHMHkw2iJ8eKCzpREsD7HwVLzGmHwxn5+Yw65hKih"
+    "kIpo1HugmZw+hCnTP406Jvv4qsdEEB/80cZwoaQ3XTQ2Na30od1k0xxZ3Zij04OHM2H9wthX025TDz43MBvC0OL2lzy/"
+    "yfNF+SX1fSko4S6E3ayY1UQbjgSTVHXvKmdCtg1df7pa9r23tf2/rQVz9RWbpdXqOyqdLwGAJUkSPiVJkj63bds+JUkS"
+    "P27bNj8D/gMgclAB0IIkEALntThFsc3MzD2amZk+zczMvZqZmb5M483asub92UmUQKITOlQ6fbdEpJcyMSx4c+q1cZYu"
+    "oQ=="
+)
+
+
+def test_a_file_from_before_grids_still_reads() -> None:
+    data = base64.b64decode(_OLD_FILE)
+    art = read_artifact(data)
+    assert art.meta == {"k": 1}
+    np.testing.assert_array_equal(art.tensors["b"], np.arange(6, dtype=np.float32) / 7)
+    np.testing.assert_array_equal(art.tensors["n"], np.array([3, -2], dtype=np.int8))
+    w = art.tensors["w"]
+    assert w.shape == (6, 8) and w.dtype == np.float32
+    levels = np.linspace(-0.3, 0.3, 4).astype(np.float32)
+    assert set(np.unique(w).tolist()) == {0.0, *levels.tolist()}
+    assert {r["name"]: r["value_coding"] for r in describe_artifact(data)} == \
+        {"b": "plain", "n": "plain", "w": "codebook"}

@@ -18,7 +18,7 @@ from modelzip.checkpoint import load_checkpoint
 from modelzip.codec import describe_artifact, read_artifact, write_artifact
 from modelzip.codec.container import read_container, write_container
 from modelzip.codec.model import pack, pack_file, unpack, unpack_file
-from modelzip.errors import ArtifactError, ModelzipError
+from modelzip.errors import ArtifactError
 from modelzip.prune.masks import prunable_weights
 from modelzip.zoo import build_model
 from tests.test_cli import assert_ok, assert_user_error, run_cli
@@ -272,3 +272,25 @@ def test_cli_errors(tmp_path: Path) -> None:
     assert_user_error(run_cli("unpack", cut, "-o", tmp_path / "ck"), str(cut), "truncated")
     assert not (tmp_path / "ck").exists()
     assert_user_error(run_cli("inspect", tmp_path / "missing.mzip"), "file not found")
+
+
+def test_a_zoo_factory_that_cannot_run_on_meta_still_unpacks() -> None:
+    """A factory that loads pretrained weights (here: copies from a real tensor) fails on the
+    meta device; unpack must still rebuild it."""
+    from modelzip.zoo import _REGISTRY, register_model
+
+    pretrained = torch.randn(4, 3)
+
+    @register_model("test-pretrained", input_shape=lambda **_: (3,))
+    def _factory() -> nn.Module:
+        net = nn.Linear(3, 4)
+        with torch.no_grad():
+            net.weight.copy_(pretrained)  # fails on meta: a meta tensor has no data
+            assert float(net.weight.sum()) == float(pretrained.sum())
+        return net
+
+    try:
+        model = build_model("test-pretrained")
+        assert_same_state(model, unpack(pack(model)))
+    finally:
+        _REGISTRY.pop("test-pretrained")

@@ -12,7 +12,7 @@ from torch import nn
 
 from modelzip.data import ImageDataset
 from modelzip.errors import ConfigError, ShapeError
-from modelzip.measure import (
+from modelzip.metrics import (
     Measurement,
     count_macs,
     measure,
@@ -137,10 +137,31 @@ def test_profile_to_dict_is_json() -> None:
 
 
 def test_input_shape_errors() -> None:
-    with pytest.raises(ConfigError, match="input_shape is needed"):
+    with pytest.raises(ConfigError, match="cannot tell what a Linear takes as input; pass "
+                                          "example_inputs"):
         profile_model(nn.Linear(3, 2))
     with pytest.raises(ShapeError, match="1x28x28"):
         profile_model(build_model("lenet5"), (3, 32, 32))
+
+
+def test_any_model_is_profiled_on_its_example_inputs() -> None:
+    """A text encoder takes a dict of int64 tensors; MACs are those of one sample."""
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(50, 8)
+            self.proj = nn.Linear(8, 4)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                    ) -> torch.Tensor:
+            return self.proj(self.embed(input_ids) * attention_mask[..., None])
+
+    inputs = {"input_ids": torch.randint(0, 50, (3, 6)),
+              "attention_mask": torch.ones(3, 6, dtype=torch.int64)}
+    prof = profile_model(Encoder(), example_inputs=inputs)
+    assert {layer.name for layer in prof.layers} == {"embed", "proj"}
+    assert prof.total_macs == 6 * 8 * 4  # the projection of 6 tokens, batch 1
+    assert prof.params == 50 * 8 + 8 * 4 + 4
 
 
 def test_count_macs_restores_training_mode() -> None:

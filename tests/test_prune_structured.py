@@ -12,7 +12,7 @@ from torch import nn
 
 from modelzip.checkpoint import load_checkpoint, save_checkpoint
 from modelzip.errors import ConfigError
-from modelzip.measure import count_macs
+from modelzip.metrics import count_macs
 from modelzip.prune.masks import apply_masks
 from modelzip.prune.structured import (
     StructuredPruneConfig,
@@ -232,14 +232,74 @@ class _ChannelSplit(nn.Module):
         return self.fc(self.c2(x).mean((2, 3)))
 
 
+def test_grouped_conv_loses_the_same_positions_in_each_group() -> None:
+    """c2 has groups=2 over 8 channels: channel j of c1 goes with channel j + 4, and removing
+    them computes what the full model computes with them silenced."""
+    x = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = _Grouped().eval()
+    assert prunable_channel_layers(model, x) == ["c1", "c2"]
+    groups = {g.root: g for g in channel_groups(model, x)}
+    assert groups["c1"].units == ((0, 4), (1, 5), (2, 6), (3, 7))
+    assert not groups["c1"].channelwise and groups["c2"].units[0] == (0, 4)
+    silenced = copy.deepcopy(model)
+    _silence(silenced, {"c1": [1, 5], "c2": [2, 6]})
+    remove_output_channels(model, "c1", [5, 1], x)
+    remove_output_channels(model, "c2", [2, 6], x)
+    assert (model.c1.out_channels, model.c2.in_channels, model.c2.groups) == (6, 6, 2)
+    assert model.c2.weight.shape == (6, 3, 3, 3) and model.fc.in_features == 6
+    with torch.no_grad():
+        assert torch.allclose(model(x), silenced(x), atol=1e-5)
+    with pytest.raises(ConfigError, match=r"grouped convolution c2 \(groups=2\) unevenly"):
+        remove_output_channels(model, "c1", [0], x)
+
+
+class _ConcatIntoGrouped(nn.Module):
+    """Two branches concatenated into a groups=2 conv: each branch is one of its groups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(3, 4, 1)
+        self.g = nn.Conv2d(8, 8, 3, groups=2)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.g(torch.cat([self.a(x), self.b(x)], 1)).mean((2, 3)))
+
+
+def test_grouped_conv_fed_by_two_groups_keeps_their_channels() -> None:
+    """Removing position j from one group of g needs the other branch to lose its j too:
+    a coupling across channel groups, so both branches keep their channels."""
+    x = torch.randn(2, 3, 8, 8)
+    model = _ConcatIntoGrouped().eval()
+    groups = {g.root: g for g in channel_groups(model, x)}
+    assert groups["a"].units == () and "tied to channels of another group" in groups["a"].reason
+    assert prunable_channel_layers(model, x) == ["g"]
+    with pytest.raises(ConfigError, match=r"grouped convolution g \(groups=2\) unevenly"):
+        remove_output_channels(model, "a", [0], x)
+
+
+def test_grouped_conv_technique_keeps_groups_even() -> None:
+    from modelzip.zoo import ModelSpec
+
+    model = _Grouped()
+    model.modelzip_spec = ModelSpec("grouped", {}, (3, 12, 12))
+    ctx = Context()
+    pruned = apply_technique(model, StructuredPruneConfig(ratio=0.5), ctx)
+    assert (pruned.c1.out_channels, pruned.c2.in_channels, pruned.c2.out_channels) == (4, 4, 4)
+    assert pruned.c2.groups == 2 and pruned.c2.weight.shape == (4, 2, 3, 3)
+    assert ctx.records[-1]["skipped"] == [{"layers": ["fc"],
+                                           "reason": "fc produces the model output"}]
+    with torch.no_grad():
+        assert pruned(torch.randn(2, 3, 12, 12)).shape == (2, 2)
+
+
 def test_graphs_torch_pruning_cannot_handle_name_the_layer() -> None:
     x = torch.randn(1, 3, 12, 12)
-    with pytest.raises(ConfigError, match="grouped convolution c2 \\(groups=2\\)"):
-        remove_output_channels(_Grouped(), "c1", [0], x)
-    assert prunable_channel_layers(_Grouped(), x) == []
     with pytest.raises(ConfigError, match="channels of c1 the model no longer runs"):
         remove_output_channels(_ChannelSplit(), "c1", [0], x)
-    with pytest.raises(ConfigError, match="input shape"):
+    with pytest.raises(ConfigError, match="needs example inputs"):
         apply_technique(_ChannelSplit(), StructuredPruneConfig(ratio=0.5), Context())
 
 
@@ -252,8 +312,10 @@ def test_untraceable_model_is_a_config_error() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             raise RuntimeError("custom op failed")
 
-    with pytest.raises(ConfigError, match="Torch-Pruning cannot trace this model"):
+    with pytest.raises(ConfigError, match=r"fails on the example inputs \(RuntimeError: custom"):
         channel_groups(Broken(), torch.randn(1, 3, 8, 8))
+    with pytest.raises(ConfigError, match="example inputs must be a tensor, a tuple"):
+        channel_groups(_Grouped(), "not an input")
 
 
 def test_masks_are_reindexed() -> None:
@@ -302,7 +364,7 @@ def test_structured_resconcat_keeps_output_shape_and_runs(resconcat_pruned) -> N
                                  "pointwise.0": 16}
     rec = ctx.records[-1]
     assert rec["step"] == "l1-filter" and rec["macs_after"] < 0.4 * rec["macs_before"]
-    assert rec["macs_before"] == count_macs(model)[1]  # the same count as modelzip.measure
+    assert rec["macs_before"] == count_macs(model)[1]  # the same count as modelzip.metrics
     assert rec["macs_after"] == count_macs(pruned)[1]
     by_layer = {row["layer"]: row for row in rec["layers"]}
     assert by_layer["stem.0"]["out_before"] == 16 and by_layer["stem.0"]["out_after"] == 8
@@ -376,20 +438,6 @@ def test_ignored_layers_are_kept_and_logged(monkeypatch: pytest.MonkeyPatch) -> 
     assert ch["res_conv1.0"] == 8
     assert any("stem.0, res_conv2 (coupled to ignored layer(s) res_conv2)" in m
                for m in messages)
-
-
-def test_grouped_conv_layers_are_skipped_with_a_message(monkeypatch: pytest.MonkeyPatch
-                                                         ) -> None:
-    from modelzip.zoo import ModelSpec
-
-    model = _Grouped()
-    model.modelzip_spec = ModelSpec("grouped", {}, (3, 12, 12))
-    messages: list[str] = []
-    ctx = Context()
-    monkeypatch.setattr(ctx, "log", messages.append)
-    pruned = apply_technique(model, StructuredPruneConfig(ratio=0.5), ctx)
-    assert pruned.c1.out_channels == 8
-    assert any("grouped convolution c2" in m for m in messages)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

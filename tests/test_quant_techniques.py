@@ -12,12 +12,13 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from modelzip.checkpoint import load_checkpoint
+from modelzip.codec import describe_artifact, write_artifact
 from modelzip.codec.model import unpack
 from modelzip.data import ImageDataset
 from modelzip.errors import ConfigError
 from modelzip.prune.magnitude import MagnitudePruneConfig
 from modelzip.prune.masks import prunable_weights
-from modelzip.quant import UniformQuantConfig, WeightSharingConfig
+from modelzip.quant import UniformQuantConfig, WeightSharingConfig, grid_hints
 from modelzip.recipe import Recipe, run_recipe
 from modelzip.registry import Context, apply_technique, config_from_dict, list_techniques
 from modelzip.train import TrainConfig
@@ -42,8 +43,7 @@ def _pruned(name: str = "lenet300", sparsity: float = 0.9) -> nn.Module:
     as pruning leaves it); the masks are not handed on, as with a loaded checkpoint."""
     torch.manual_seed(0)
     model = build_model(name)
-    apply_technique(model, MagnitudePruneConfig(sparsity=sparsity), Context(progress=False))
-    return model
+    return apply_technique(model, MagnitudePruneConfig(sparsity=sparsity), Context(progress=False))
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -78,7 +78,7 @@ def test_kmeans_shares_at_most_2_to_the_bits_values_and_keeps_zeros(bits: int) -
     before = _weights(model)
     keys = list(model.state_dict())
     ctx = Context(progress=False)
-    apply_technique(model, WeightSharingConfig(bits=bits), ctx)
+    model = apply_technique(model, WeightSharingConfig(bits=bits), ctx)
     _assert_plain(model, keys)
     for name, w in _weights(model).items():
         assert torch.equal(w == 0, before[name] == 0), name  # zeros exactly, no new ones
@@ -97,7 +97,7 @@ def test_kmeans_shares_at_most_2_to_the_bits_values_and_keeps_zeros(bits: int) -
 def test_kmeans_default_bits_are_8_for_conv_and_5_for_fc() -> None:
     model = _pruned("lenet5", sparsity=0.5)
     ctx = Context(progress=False)
-    apply_technique(model, config_from_dict("kmeans", {}), ctx)
+    model = apply_technique(model, config_from_dict("kmeans", {}), ctx)
     bits = {r["layer"]: r["bits"] for r in ctx.records[-1]["layers"]}
     assert bits == {"conv1": 8, "conv2": 8, "fc1": 5, "fc2": 5}
     for name, w in prunable_weights(model).items():
@@ -119,12 +119,12 @@ def test_kmeans_optimal_is_at_least_as_close_as_lloyd() -> None:
 def test_kmeans_centroid_finetuning_moves_centroids_but_keeps_clusters(
         train_512: ImageDataset) -> None:
     clustered = _pruned()
-    apply_technique(clustered, WeightSharingConfig(bits=4), Context(progress=False))
+    clustered = apply_technique(clustered, WeightSharingConfig(bits=4), Context(progress=False))
     model = _pruned()
     keys = list(model.state_dict())
     bias_before = model.fc1.bias.detach().clone()
     ctx = Context(train_data=train_512, finetune=FAST, progress=False)
-    apply_technique(model, WeightSharingConfig(bits=4, finetune_epochs=1), ctx)
+    model = apply_technique(model, WeightSharingConfig(bits=4, finetune_epochs=1), ctx)
     _assert_plain(model, keys)
     shared = _weights(clustered)
     for name, w in prunable_weights(model).items():
@@ -144,8 +144,8 @@ def test_kmeans_on_some_layers_keeps_the_masks_of_the_others(train_512: ImageDat
     before = _weights(model)
     ctx = Context(train_data=train_512, finetune=FAST, progress=False)
     ctx.masks = {n: w != 0 for n, w in before.items()}  # as a pruning step leaves them
-    apply_technique(model, config_from_dict("kmeans", {"bits": {"fc1": 3},
-                                                       "finetune_epochs": 1}), ctx)
+    config = config_from_dict("kmeans", {"bits": {"fc1": 3}, "finetune_epochs": 1})
+    model = apply_technique(model, config, ctx)
     after = _weights(model)
     assert _distinct_nonzero(after["fc1.weight"]) == 8
     assert [r["layer"] for r in ctx.records[-1]["layers"]] == ["fc1"]
@@ -163,7 +163,7 @@ def test_kmeans_in_a_recipe() -> None:
     model = build_model("lenet300")
     ctx = Context(progress=False)
     ctx.log = lambda message: None  # type: ignore[method-assign]
-    run_recipe(model, recipe, ctx)
+    model = run_recipe(model, recipe, ctx)
     assert [_distinct_nonzero(w) for w in prunable_weights(model).values()] == [16, 32, 64]
     for name, w in prunable_weights(model).items():
         assert torch.equal(w != 0, ctx.masks[name])
@@ -179,8 +179,8 @@ def test_uniform_puts_weights_on_a_grid_and_keeps_zeros(bits: int, scheme: str,
     before = _weights(model)
     keys = list(model.state_dict())
     ctx = Context(progress=False)
-    apply_technique(model, UniformQuantConfig(bits=bits, scheme=scheme,
-                                              per_channel=per_channel), ctx)
+    model = apply_technique(model, UniformQuantConfig(bits=bits, scheme=scheme,
+                                                      per_channel=per_channel), ctx)
     _assert_plain(model, keys)
     for (name, w), record in zip(prunable_weights(model).items(), ctx.records[-1]["layers"],
                                  strict=True):
@@ -200,7 +200,7 @@ def test_uniform_binary_and_ternary_value_sets(scheme: str) -> None:
     model = _pruned()
     before = _weights(model)
     ctx = Context(progress=False)
-    apply_technique(model, config_from_dict("uniform", {"scheme": scheme}), ctx)
+    model = apply_technique(model, config_from_dict("uniform", {"scheme": scheme}), ctx)
     for (name, w), record in zip(prunable_weights(model).items(), ctx.records[-1]["layers"],
                                  strict=True):
         alpha = torch.tensor(record["scale"], dtype=torch.float32)
@@ -215,15 +215,14 @@ def test_uniform_qat_trains_through_the_quantizer(train_512: ImageDataset, bits:
                                                   per_channel: bool) -> None:
     # (At 8 bits a step is so small that a pruned latent weight that moved at all would
     # show up as a non-zero value.)
-    plain = _pruned()
-    apply_technique(plain, UniformQuantConfig(bits=bits, per_channel=per_channel),
-                    Context(progress=False))
+    plain = apply_technique(_pruned(), UniformQuantConfig(bits=bits, per_channel=per_channel),
+                            Context(progress=False))
     model = _pruned()
     before = _weights(model)
     keys = list(model.state_dict())
     ctx = Context(train_data=train_512, finetune=FAST, progress=False)
-    apply_technique(model, UniformQuantConfig(bits=bits, per_channel=per_channel, qat_epochs=1,
-                                              lr=0.02), ctx)
+    model = apply_technique(model, UniformQuantConfig(bits=bits, per_channel=per_channel,
+                                                      qat_epochs=1, lr=0.02), ctx)
     _assert_plain(model, keys)
     for name, w in prunable_weights(model).items():
         w = w.detach()
@@ -235,10 +234,14 @@ def test_uniform_qat_trains_through_the_quantizer(train_512: ImageDataset, bits:
         again = UniformQuantConfig(bits=bits, per_channel=per_channel, layers=(name,))
         copy = _pruned()
         copy.load_state_dict(model.state_dict())
-        apply_technique(copy, again, Context(progress=False))
+        copy = apply_technique(copy, again, Context(progress=False))
         torch.testing.assert_close(prunable_weights(copy)[name].detach(), w, rtol=1e-6, atol=0)
     record = ctx.records[-1]
     assert record["qat_epochs"] == 1 and record["train"]["lr"] == 0.02
+    # the grid hints describe the trained weights: the codec stores them as integers
+    arrays = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    rows = describe_artifact(write_artifact(arrays, hints=grid_hints(model)))
+    assert {r["name"] for r in rows if r["value_coding"] == "grid"} == set(before)
 
 
 # ============================================================================ configs
@@ -272,7 +275,8 @@ def test_bad_configs_name_the_problem(technique: str, values: dict, needle: str)
 
 
 def test_unknown_layers_and_missing_data_are_user_errors() -> None:
-    with pytest.raises(ConfigError, match=r"'relu1' is not a Linear or Conv layer.*fc1, fc2"):
+    with pytest.raises(ConfigError,
+                       match=r"'relu1' is not a Linear, Conv or Embedding layer.*fc1, fc2"):
         apply_technique(_pruned(), config_from_dict("kmeans", {"bits": {"relu1": 4}}),
                         Context(progress=False))
     with pytest.raises(ConfigError, match="needs train data"):
@@ -294,7 +298,9 @@ def test_configs_from_cli_values() -> None:
 def test_cli_lists_and_runs_kmeans(tmp_path: Path, data_root: Path) -> None:
     result = run_cli("techniques")
     assert_ok(result)
-    assert "kmeans:" in result.stdout and "uniform:" in result.stdout
+    listed = [line.split(":")[0].split(" (")[0] for line in result.stdout.splitlines()
+              if line[:1].isalpha()]
+    assert {"kmeans", "uniform"} <= set(listed)
     source = BENCH / "pruned" / "magnitude-lenet300-12x"
     out = tmp_path / "shared"
     result = run_cli("quantize", source, "--method", "kmeans", "--set", "bits=4",

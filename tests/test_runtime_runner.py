@@ -26,6 +26,7 @@ from modelzip.runtime import runner as runner_mod
 from modelzip.runtime.export import export_onnx
 from modelzip.runtime.int8 import quantize_onnx_int8
 from modelzip.runtime.onnx_artifact import (
+    MIN_STORED_ELEMENTS,
     OnnxGraphSpec,
     OnnxPackage,
     load_onnx_package,
@@ -106,25 +107,38 @@ def test_rebuilt_graph_is_bit_identical_to_the_measured_one(variant, request, te
     assert np.array_equal(got, expected)
 
 
-def test_initializers_keep_their_exact_dtypes_and_values(int8):
+def test_weights_are_stored_with_their_exact_dtypes_and_the_rest_stays_in_the_graph(int8):
     original = onnx.load_model_from_string(int8.onnx_bytes)
     expected = {t.name: numpy_helper.to_array(t) for t in original.graph.initializer}
     art = read_artifact(int8.mzip.read_bytes())
-    assert set(art.tensors) == set(expected)
-    for name, array in expected.items():
-        assert art.tensors[name].dtype == array.dtype, name
-        assert art.tensors[name].shape == array.shape, name
-        assert np.array_equal(art.tensors[name], array), name
-    # a static int8 graph: int8 weights, int32 biases, float scales, uint8 activation zeros
-    assert {np.dtype(np.int8), np.dtype(np.int32), np.dtype(np.float32),
-            np.dtype(np.uint8)} <= {a.dtype for a in expected.values()}
+    # the rule: float and quantized (int8/uint8/int32...) tensors of >= 16 elements
+    weights = {n for n, a in expected.items()
+               if a.dtype != np.int64 and a.size >= MIN_STORED_ELEMENTS}
+    assert set(art.tensors) == weights
+    assert art.model["initializers"] == sorted(weights)
+    for name in weights:
+        assert art.tensors[name].dtype == expected[name].dtype, name
+        assert art.tensors[name].shape == expected[name].shape, name
+        assert np.array_equal(art.tensors[name], expected[name]), name
+    # a static int8 graph: int8 weights and int32 biases stored; per-tensor float scales and
+    # uint8 activation zero points (scalars) kept in the graph with their values
+    assert {np.dtype(np.int8), np.dtype(np.int32), np.dtype(np.float32)} <= {
+        art.tensors[n].dtype for n in weights}
+    kept = {t.name: t for t in onnx.load_model_from_string(
+        art.blobs["onnx_graph"]).graph.initializer if t.name not in weights}
+    assert set(kept) == set(expected) - weights
+    assert {np.dtype(np.uint8), np.dtype(np.float32)} <= {expected[n].dtype for n in kept}
+    for name, tensor in kept.items():
+        assert tensor.data_location != onnx.TensorProto.EXTERNAL, name
+        assert np.array_equal(numpy_helper.to_array(tensor), expected[name]), name
 
 
 def test_stripped_graph_holds_no_weight_data(int8):
     graph_bytes, arrays, spec = split_initializers(int8.onnx_bytes)
     stripped = onnx.load_model_from_string(graph_bytes)
-    assert len(stripped.graph.initializer) == len(arrays) > 0
-    for t in stripped.graph.initializer:
+    placeholders = [t for t in stripped.graph.initializer if t.name in arrays]
+    assert len(placeholders) == len(arrays) > 0
+    for t in placeholders:
         assert t.data_location == onnx.TensorProto.EXTERNAL
         assert not t.raw_data and not t.float_data and not t.int32_data
     weights = sum(a.nbytes for a in arrays.values())
@@ -138,6 +152,7 @@ def test_manifest_records_what_the_runner_needs(fp32, int8, dataset_meta):
     for packed, precision in ((fp32, "fp32"), (int8, "int8")):
         art = read_artifact(packed.mzip.read_bytes())
         assert art.model["format"] == "onnx"
+        assert art.model["kind"] == "onnx-graph"
         assert art.model["precision"] == precision
         assert art.model["input_shape"] == [1, 28, 28]
         assert art.model["input_dtype"] == "float32"

@@ -12,7 +12,7 @@ from torch import nn
 
 from modelzip.data import ImageDataset, load_dataset, train_val_split
 from modelzip.errors import ConfigError
-from modelzip.measure import count_macs
+from modelzip.metrics import count_macs
 from modelzip.prune.sensitivity import (
     AutoStructuredConfig,
     SensitivityCurves,

@@ -12,6 +12,18 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    # the workflow and the one verb per technique family
+    "compress": "modelzip.pipeline",
+    "CompressionResult": "modelzip.pipeline",
+    "apply": "modelzip.core.registry",
+    "prune": "modelzip.api",
+    "quantize": "modelzip.api",
+    "Context": "modelzip.core.context",
+    "Dataset": "modelzip.core.dataset",
+    "Recipe": "modelzip.recipe",
+    "load_recipe": "modelzip.recipe",
+    "list_techniques": "modelzip.core.registry",
+    "register_technique": "modelzip.core.registry",
     "load_dataset": "modelzip.data",
     "load_image_folder": "modelzip.data",
     "ImageDataset": "modelzip.data",
@@ -23,10 +35,10 @@ _EXPORTS = {
     "TrainConfig": "modelzip.train",
     "save_checkpoint": "modelzip.checkpoint",
     "load_checkpoint": "modelzip.checkpoint",
-    "measure": "modelzip.measure",
-    "profile_model": "modelzip.measure",
-    "measure_latency": "modelzip.measure",
-    "measure_peak_memory": "modelzip.measure",
+    "measure": "modelzip.metrics",
+    "profile_model": "modelzip.metrics",
+    "measure_latency": "modelzip.metrics",
+    "measure_peak_memory": "modelzip.metrics",
     "ModelzipError": "modelzip.errors",
     "pack": "modelzip.codec.model",
     "unpack": "modelzip.codec.model",

@@ -102,6 +102,9 @@ def save_checkpoint(
         "training": training or {},
         "metrics": metrics or {},
     }
+    grids = _grids_to_json(model)
+    if grids:
+        meta["quantization_grids"] = grids
     if extra:
         meta.update(extra)
     directory.mkdir(parents=True, exist_ok=True)
@@ -197,5 +200,30 @@ def load_checkpoint(directory: str | os.PathLike[str], model: nn.Module | None =
         raise CheckpointError(f"{directory}: {WEIGHTS_FILE} does not match the SHA-256 recorded "
                               f"in {META_FILE}; the weights were changed or damaged after saving")
     model.load_state_dict(state, strict=True)
+    _grids_from_json(model, meta.get("quantization_grids") or {})
     model.eval()
     return Checkpoint(model=model, meta=meta, path=directory)
+
+
+def _grids_to_json(model: nn.Module) -> dict[str, Any]:
+    """The affine grids uniform quantization left on the model (plain module attributes, so
+    a reload would lose them and the .mzip would store the weights as floats again)."""
+    from modelzip.quant.grid import grid_hints
+
+    return {key: {k: v.tolist() if hasattr(v, "tolist") else v for k, v in hint.items()}
+            for key, hint in grid_hints(model).items()}
+
+
+def _grids_from_json(model: nn.Module, grids: dict[str, Any]) -> None:
+    import numpy as np
+
+    from modelzip.quant.grid import set_grid_hint
+
+    modules = dict(model.named_modules())
+    for key, hint in grids.items():
+        owner, _, name = key.rpartition(".")
+        if owner not in modules or not isinstance(hint, dict):
+            continue  # a hint only shrinks the .mzip; a stale one is dropped, never trusted
+        set_grid_hint(modules[owner], name, {
+            **hint, "scale": np.asarray(hint.get("scale", []), dtype=np.float32),
+            "zero_point": np.asarray(hint.get("zero_point", []), dtype=np.int64)})

@@ -158,7 +158,7 @@ def inspect(
 ) -> None:
     """Per-layer table: parameters, non-zeros, MACs, bytes (and latency with --latency); for
     a .mzip file, how every tensor is coded and where the file's bytes go."""
-    from modelzip.measure import measure, render_profile
+    from modelzip.metrics import measure, render_profile
 
     if _is_artifact(path):
         _inspect_artifact(path, latency=latency, as_json=as_json, model=model)
@@ -244,7 +244,7 @@ def _inspect_artifact(path: Path, *, latency: bool, as_json: bool,
                   f"{4 * params / s['file_bytes']:.1f}x", soft_wrap=True)
     if latency:
         from modelzip.codec.model import unpack_file
-        from modelzip.measure import measure, render_profile
+        from modelzip.metrics import measure, render_profile
 
         record = summarize_artifact(load_artifact_bytes(path))["model"] or {}
         net = unpack_file(path, model=_skeleton(model, record.get("kwargs")))
@@ -439,10 +439,19 @@ def _skeleton(model: str | None, kwargs: dict | None = None):
 
 
 def _load_checkpoint(path: Path, model: str | None = None):
-    """A checkpoint; ``--model`` builds the skeleton of a user's model with the builder
-    arguments the checkpoint records."""
-    from modelzip.checkpoint import _read_meta, load_checkpoint
+    """A checkpoint folder, or a user's weights as a .safetensors file; ``--model`` builds the
+    skeleton of a user's model (with the builder arguments the checkpoint records)."""
+    from modelzip.checkpoint import Checkpoint, _read_meta, load_checkpoint, load_state
+    from modelzip.checkpoint import load_weights as load_into
 
+    if path.suffix == ".safetensors":
+        if model is None:
+            raise ModelzipError(f"{path}: plain weights need the model they belong to; pass "
+                                "--model MODULE:FUNCTION (or a zoo name)")
+        net = _skeleton(model)
+        load_into(net, load_state(path)[0], source=str(path))
+        return Checkpoint(model=net.eval(), path=path, meta={
+            "model": {"name": model, "kwargs": {}}, "dataset": {}, "training": {}})
     if model is None:
         return load_checkpoint(path)
     recorded = (_read_meta(path).get("model") or {}).get("kwargs") or {}
@@ -780,7 +789,7 @@ def demo(
     from modelzip.checkpoint import save_checkpoint
     from modelzip.data import load_dataset
     from modelzip.errors import DataError
-    from modelzip.measure import measure, render_profile
+    from modelzip.metrics import measure, render_profile
     from modelzip.train import TrainConfig, fit
     from modelzip.zoo import build_model
 
@@ -819,22 +828,39 @@ def demo(
 
 @app.command("pack-onnx")
 def pack_onnx(
-    checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder")],
+    source: Annotated[Path, typer.Argument(help="checkpoint folder, or your own .onnx file")],
     out: Annotated[Path, typer.Option("-o", "--out", help=".mzip file to write")],
     int8: Int8Flag = False,
     calibration_images: CalibrationImages = 300,
     method: CalibrationMethod = "minmax",
     dataset: Annotated[str | None, typer.Option(help="default: the checkpoint's")] = None,
     data: Annotated[Path | None, typer.Option(help="folder holding the dataset")] = None,
+    model: ModelOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="replace --out")] = False,
 ) -> None:
-    """Pack a checkpoint with its ONNX graph (fp32 or --int8) for the torch-free `run`."""
-    from modelzip.checkpoint import load_checkpoint, write_atomic
+    """Pack a checkpoint with its ONNX graph (fp32 or --int8), or an .onnx file as it is, for
+    the torch-free `run`; the packed file is read back and checked before it is written."""
+    from modelzip.checkpoint import write_atomic
+
+    if out.exists() and not force:
+        raise ModelzipError(f"{out} exists; pass --force to replace it")
+    if source.suffix == ".onnx" or source.is_file():
+        from modelzip.runtime.onnx_artifact import pack_onnx_file
+
+        if int8:
+            raise ModelzipError("--int8 applies to a checkpoint; quantize your .onnx file "
+                                "first, or pack it as it is")
+        blob = pack_onnx_file(source, meta={"model": source.stem})
+        write_atomic(out, blob)
+        _console().print(f"wrote {out}: {len(blob):,} bytes, {source.name} as it is; run it "
+                         f"with: modelzip run {out} --input inputs.npy", soft_wrap=True)
+        return
     from modelzip.runtime.onnx_artifact import pack_model_onnx
 
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = _load_checkpoint(source, model)
     ds_meta = ckpt.meta.get("dataset") or {}
     meta = {k: ds_meta[k] for k in ("mean", "std", "classes") if ds_meta.get(k)}
-    meta.update(model=ckpt.meta["model"]["name"], dataset=ds_meta.get("name"),
+    meta.update(model=ckpt.meta["model"].get("name", "model"), dataset=ds_meta.get("name"),
                 metrics=ckpt.meta.get("metrics") or {})
     calibration = None
     if int8:

@@ -12,8 +12,13 @@ def main() -> None:
         from modelzip.runtime.runner import main as run_main
 
         sys.exit(run_main(sys.argv[2:]))
-    from modelzip.cli import main as cli_main
-
+    try:
+        from modelzip.cli import main as cli_main
+    except ModuleNotFoundError as exc:  # the base install is the on-board runner only
+        print(f"error: 'modelzip {' '.join(sys.argv[1:2])}' needs {exc.name}, which the base "
+              "install (the on-board runner: modelzip run) leaves out; install "
+              "'modelzip[compress]' for the compression commands", file=sys.stderr)
+        sys.exit(2)
     cli_main()
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 
 from torch import nn
 
 from modelzip.prune.masks import MaskKeeper
 from modelzip.registry import Context, register_technique
-from modelzip.train import TrainConfig, evaluate, fit
+from modelzip.train import TrainConfig
 
 __all__ = ["FinetuneConfig", "finetune"]
 
@@ -37,14 +38,14 @@ class FinetuneConfig:
 @register_technique("finetune", FinetuneConfig, kind="train")
 def finetune(model: nn.Module, config: FinetuneConfig, ctx: Context) -> nn.Module:
     """Train the model on the context's training data; pruned weights stay zero."""
-    train = ctx.require("train_data", "finetune")
+    ctx.require("train_data", "finetune")
     cfg = config.merged(ctx.finetune)
+    start = time.perf_counter()
     with MaskKeeper(model, ctx.masks) as keeper:
-        hist = fit(model, train, cfg, val_data=ctx.val_data, step_callbacks=[keeper],
-                   progress=ctx.progress)
+        ctx.train(model, cfg, step_callbacks=[keeper], technique="finetune")
     record = {"step": "finetune", "epochs": cfg.epochs, "lr": cfg.lr,
-              "wall_time_s": round(hist.wall_time_s, 2)}
+              "wall_time_s": round(time.perf_counter() - start, 2)}
     if ctx.val_data is not None:
-        record["val_error_pct"] = evaluate(model, ctx.val_data).error_pct
+        record["val_error_pct"] = ctx.val_error(model)
     ctx.records.append(record)
     return model

@@ -166,7 +166,7 @@ def _input_shape(example_inputs: Any) -> tuple[int, ...] | None:
 
 
 def _profile(model: nn.Module, example_inputs: Any) -> Any:
-    from modelzip.measure import profile_model
+    from modelzip.metrics import profile_model
 
     return profile_model(model, example_inputs=example_inputs)
 
@@ -184,9 +184,11 @@ def _pack(model: nn.Module, original: nn.Module, recipe: Any, ctx: Context,
         calibration = None
         if settings.get("int8"):
             calib = ctx.require("calibration_data", "pack (int8)")
-            calibration = _as_array(first_batch_inputs(calib, len(calib)))
+            calibration = _as_arrays(first_batch_inputs(calib, len(calib)))
+        example = None if isinstance(ctx.example_inputs, torch.Tensor) else ctx.example_inputs
         blob = pack_model_onnx(model, int8=bool(settings.get("int8")), calibration=calibration,
-                               meta=meta, calibration_method=settings.get("method", "minmax"))
+                               meta=meta, calibration_method=settings.get("method", "minmax"),
+                               coder=settings.get("coder", "best"), example_inputs=example)
         return blob, None, "onnx-graph"
     from modelzip.codec.model import pack, unpack
 
@@ -196,10 +198,15 @@ def _pack(model: nn.Module, original: nn.Module, recipe: Any, ctx: Context,
     return blob, unpack(blob, model=fresh), "state-dict"
 
 
-def _as_array(inputs: Any) -> Any:
-    if not isinstance(inputs, torch.Tensor):
-        raise ConfigError("int8 calibration needs single-tensor inputs")
-    return inputs.detach().numpy()
+def _as_arrays(inputs: Any) -> Any:
+    """Calibration inputs as the int8 quantizer takes them: one array, or a dict of arrays by
+    the graph's input names (the model's keyword names)."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.detach().numpy()
+    if isinstance(inputs, dict):
+        return {k: v.detach().numpy() for k, v in inputs.items()}
+    raise ConfigError("int8 calibration takes a tensor or a dict of keyword tensors as inputs; "
+                      f"got {type(inputs).__name__}")
 
 
 def _artifact_meta(data: Any) -> dict[str, Any]:

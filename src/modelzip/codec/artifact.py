@@ -50,11 +50,14 @@ BLOB_CHUNK = "blob:"
 
 def write_artifact(tensors: dict[str, np.ndarray], *, model: dict | None = None,
                    blobs: dict[str, bytes] | None = None, meta: dict | None = None,
-                   coder: str = "best") -> bytes:
+                   coder: str = "best", hints: dict[str, dict] | None = None) -> bytes:
     """Code every array (each in its smallest layout; ``coder``: best, huffman, rans or raw)
-    and write them with the blobs, ``model`` and ``meta`` into .mzip bytes."""
+    and write them with the blobs, ``model`` and ``meta`` into .mzip bytes. ``hints``: by
+    tensor name, the grid a tensor was quantized to (``encode_tensor``'s ``hint``, e.g. from
+    ``modelzip.quant.grid_hints``); hints for names not in ``tensors`` are ignored."""
     blobs = blobs or {}
-    for kind, mapping in (("tensor", tensors), ("blob", blobs)):
+    hints = {} if hints is None else hints
+    for kind, mapping in (("tensor", tensors), ("blob", blobs), ("hint", hints)):
         if not isinstance(mapping, dict) or not all(isinstance(k, str) for k in mapping):
             raise ArtifactError(f"{kind}s must be a dict keyed by name (str)")
     if model is not None and not isinstance(model, dict):
@@ -64,7 +67,8 @@ def write_artifact(tensors: dict[str, np.ndarray], *, model: dict | None = None,
     entries, chunks = {}, []
     for name in sorted(tensors):
         try:
-            entry, payload = encode_tensor(np.asarray(tensors[name]), coder)
+            entry, payload = encode_tensor(np.asarray(tensors[name]), coder,
+                                           hint=hints.get(name))
         except ArtifactError as exc:
             raise ArtifactError(f"tensor {name!r}: {exc}") from None
         entries[name] = entry
@@ -176,8 +180,9 @@ def _row(name: str, e: TensorEntry, size: int) -> dict[str, Any]:
     return {
         "name": name, "shape": list(e.shape), "dtype": e.dtype.name, "count": e.count,
         "nonzeros": e.nonzeros, "layout": e.layout, "coder": coder,
+        "value_coding": e.value_coding,
         "index_bits": 8 * e.index_bytes, "value_bits": 8 * e.value_bytes,
-        "codebook_bits": 8 * e.codebook_bytes, "bytes": size,
+        "codebook_bits": 8 * e.side_bytes, "bytes": size,
         "bits_per_nonzero": 8 * size / e.nonzeros if e.nonzeros else None,
     }
 
@@ -185,8 +190,10 @@ def _row(name: str, e: TensorEntry, size: int) -> dict[str, Any]:
 def describe_artifact(data: bytes) -> list[dict]:
     """Per tensor, in name order: name, shape, dtype, count, nonzeros, layout, coder (the
     values' coder, after the index coder and a '/' for sparse layouts; "plain": the values'
-    own bytes), index_bits, value_bits, codebook_bits, bytes, bits_per_nonzero (None for an
-    all-zero tensor). Checks the whole file but decodes nothing."""
+    own bytes), value_coding (plain, codebook or grid), index_bits, value_bits,
+    codebook_bits (the codebook, or a grid's scales and zero points), bytes,
+    bits_per_nonzero (None for an all-zero tensor). Checks the whole file but decodes
+    nothing."""
     return summarize_artifact(data)["tensors"]
 
 

@@ -128,12 +128,9 @@ def pack(model: nn.Module, *, coder: str = "best", meta: dict | None = None,
 
 
 def _hints(model: nn.Module) -> dict[str, Any]:
-    """Per-tensor coding hints (affine grids of uniform quantization), when the quantizer
-    left any and the codec takes them."""
-    try:
-        from modelzip.quant import grid_hints
-    except ImportError:
-        return {}
+    """Per-tensor coding hints: the affine grids that uniform quantization leaves on modules."""
+    from modelzip.quant.grid import grid_hints
+
     hints = grid_hints(model)
     return {"hints": hints} if hints else {}
 
@@ -218,9 +215,15 @@ def rebuild(record: dict[str, Any], shapes: dict[str, tuple[int, ...]], what: st
     _check_structure_shapes(structure, shapes, what)
     if model is None:
         # a hostile record could name a giant zoo model: build it on the meta device first,
-        # which allocates nothing, and compare its shapes with the (bounded) stored tensors
-        with torch.device("meta"):
-            _checked(_structured(_skeleton(record, what), structure, what), shapes, what)
+        # which allocates nothing, and compare its shapes with the (bounded) stored tensors.
+        # A factory that cannot run there (one that loads pretrained weights) is built as is.
+        try:
+            with torch.device("meta"):
+                meta_model = _skeleton(record, what)
+        except Exception:  # whatever the factory does on meta; the real build says why
+            meta_model = None
+        if meta_model is not None:
+            _checked(_structured(meta_model, structure, what), shapes, what)
         model = _skeleton(record, what)
     return _checked(_structured(model, structure, what), shapes, what)
 
@@ -267,7 +270,7 @@ def _check_structure_shapes(structure: Any, shapes: dict[str, tuple[int, ...]],
         for group in ("parameters", "buffers"):
             for key, shape in (spec.get(group) or {}).items():
                 full = f"{prefix}.{key}" if prefix else key
-                if group == "buffers" and full not in shapes:
+                if shape is None or (group == "buffers" and full not in shapes):
                     continue  # a non-persistent buffer: checked by size below
                 check(full, shape)
         for child, sub in (spec.get("children") or {}).items():

@@ -12,23 +12,43 @@ Layouts (``entry["layout"]``):
 
 Both sparse layouts decode alike: entry i sits ``index[i] + 1`` positions after entry i-1.
 
-Values (``entry["values"]``) are either a codebook of the distinct values, stored exactly in
-the tensor's dtype (``entry["codebook"]``), plus one entropy-coded codebook index per entry;
-or, with ``"coder": "plain"``, the entries' own little-endian bytes. "Zero" means the all-zero
-bit pattern, so -0.0 and NaN are values like any other, kept bit for bit.
+Values (``entry["values"]``) are coded in one of three ways, whichever is smallest:
 
-A tensor's payload is its index stream, then its values stream, then its codebook; the entry
-records the bytes of each, and ``decoded_crc32``, the CRC32 of the tensor's little-endian
-bytes. ``decode_tensor`` trusts nothing in the entry: every count and size is checked against
-the others and against the payload, and the decoded tensor against the declared number of
-non-zeros and the CRC32 (so that an entry that lies, e.g. a longer shape whose tail would
-decode as zeros, or a decoder that differs, cannot yield wrong weights).
+- ``codebook``: the distinct values, stored exactly in the tensor's dtype
+  (``entry["codebook"]``), plus one entropy-coded codebook index per entry;
+- ``grid`` (float32 tensors only; ``entry["grid"]``): an affine grid per channel, as uniform
+  quantization leaves a weight. Channel c is row c along axis 0 (``channels`` = shape[0]),
+  or the whole tensor (``channels`` = 1). Each entry is an entropy-coded integer k in
+  0 .. ``levels`` - 1, and its value is, computed in float32 exactly so::
+
+      (np.float32(k) - np.float32(zero_point[c])) * scale[c]
+
+  ``scales``: ``channels`` float32, little-endian; ``zero_points``: ``channels`` integers in
+  0 .. MAX_GRID_LEVELS, an entropy-coded stream. The integers and their difference are exact
+  in float32, so the one rounding is the product's, and any IEEE 754 machine gives the same
+  bits. The encoder tries a grid only when given a hint with the scales (``hint``), and
+  keeps it only when the grid reproduces every element bit for bit. The zero points are its
+  own choice: one for all channels, so that their integers share one histogram (with the
+  ``raw`` coder, each channel's lowest integer instead: the narrowest fixed width);
+- ``plain`` (``"coder": "plain"``): the entries' own little-endian bytes.
+
+"Zero" means the all-zero bit pattern, so -0.0 and NaN are values like any other, kept bit
+for bit.
+
+A tensor's payload is its index stream, then its values stream, then its codebook or its grid
+(scales, then zero points); the entry records the bytes of each, and ``decoded_crc32``, the
+CRC32 of the tensor's little-endian bytes. ``decode_tensor`` trusts nothing in the entry:
+every count and size is checked against the others and against the payload, and the
+decoded tensor against the declared number of non-zeros and the CRC32 (so that an entry that
+lies, e.g. a longer shape whose tail would decode as zeros, or a decoder that differs, cannot
+yield wrong weights).
 """
 
 from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,12 +67,14 @@ __all__ = [
     "DEFAULT_MAX_ELEMENTS",
     "LAYOUTS",
     "MAX_CODEBOOK",
+    "MAX_GRID_LEVELS",
     "SUPPORTED_DTYPES",
     "TensorEntry",
     "check_entry",
     "decode_tensor",
     "encode_tensor",
     "fixed_gap_entries",
+    "grid_values",
     "layout_candidates",
 ]
 
@@ -60,6 +82,7 @@ SUPPORTED_DTYPES = ("bool", "float16", "float32", "float64", "int8", "int16", "i
                     "int64", "uint8", "uint16", "uint32", "uint64")
 LAYOUTS = ("dense", "sparse-gaps", "sparse-fixed")
 MAX_CODEBOOK = 65536
+MAX_GRID_LEVELS = 65536  # grid integers and zero points: exact in float32 (below 2**24)
 MAX_GAP_BITS = 16
 MAX_NDIM = 32
 DEFAULT_MAX_ELEMENTS = 1 << 28  # 1 GiB of float32: far above any model this tool targets
@@ -90,33 +113,123 @@ class _Candidate:
     streams: list[tuple[str, dict[str, Any], bytes]]  # (entry key, info, bytes), in order
 
 
-def _encode_values(values: np.ndarray, itemsize: int, coder: str
+def _size(streams: list[tuple[str, dict[str, Any], bytes]]) -> int:
+    return sum(len(data) for _, _, data in streams)
+
+
+def grid_values(k: np.ndarray, zero_points: Any, scales: Any) -> np.ndarray:
+    """The grid value coding's one formula, shared by encoder and decoder: ``(float32(k) -
+    float32(zero_points)) * float32(scales)``, elementwise (broadcast), in float32."""
+    with np.errstate(all="ignore"):  # hostile scales (inf, NaN) fail the CRC32, not here
+        return ((np.asarray(k).astype(np.float32) - np.asarray(zero_points).astype(np.float32))
+                * np.asarray(scales).astype(np.float32))
+
+
+@dataclass
+class _Grid:
+    """A float32 tensor that lies exactly on an affine grid, as its grid integers: element i is
+    ``(k[i] - zero_point[c]) * scale[c]`` for its channel c."""
+
+    k: np.ndarray  # int64, one per element (flat), zeros included
+    levels: int
+    info: dict[str, Any]  # the entry's "grid" field
+    side: bytes  # the scales, then the coded zero points
+
+    def symbols(self, positions: np.ndarray | None = None) -> np.ndarray:
+        """The grid integers of the value entries at ``positions`` (None: all elements)."""
+        return self.k if positions is None else self.k[positions]
+
+
+def _hint_scales(hint: Any) -> np.ndarray:
+    """The float32 scales of a grid hint; ArtifactError when the hint is malformed."""
+    if not isinstance(hint, Mapping) or "scale" not in hint:
+        raise ArtifactError("a grid hint is a dict with 'scale': one per channel along axis 0, "
+                            "or one for the whole tensor")
+    axis = hint.get("axis", 0)
+    if axis not in (0, None):
+        raise ArtifactError(f"a grid hint's axis must be 0 (or None: one scale), got {axis!r}")
+    try:
+        scales = np.asarray(hint["scale"], dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        raise ArtifactError("a grid hint's 'scale' is not a list of numbers") from None
+    with np.errstate(all="ignore"):
+        return scales.astype(np.float32)
+
+
+def _grid_for(array: np.ndarray, hint: Any, coder: str) -> _Grid | None:
+    """The grid that a hint's scales put ``array`` on; None when the array is not float32, the
+    scales do not fit its shape or are not finite and positive, or any element (pruned zeros
+    included) is not exactly its grid value. A hint that no longer fits (the weight changed
+    after quantization) thus only costs the attempt."""
+    scales = _hint_scales(hint)
+    if array.dtype.kind != "f" or array.dtype.itemsize != 4 or array.size == 0:
+        return None
+    channels = scales.size
+    if channels != 1 and (array.ndim == 0 or array.shape[0] != channels):
+        return None
+    if not (np.isfinite(scales).all() and (scales > 0).all()):
+        return None
+    x = np.ascontiguousarray(array, dtype=np.dtype(np.float32)).reshape(channels, -1)
+    with np.errstate(all="ignore"):
+        steps = np.rint(x.astype(np.float64) / scales.astype(np.float64)[:, None])
+    if not np.isfinite(steps).all() or float(np.abs(steps).max()) >= MAX_GRID_LEVELS:
+        return None
+    steps = steps.astype(np.int64)
+    on_grid = grid_values(steps, 0, scales[:, None]).view(np.uint32) == x.view(np.uint32)
+    if not on_grid.all():
+        return None
+    if coder == "raw":
+        # a fixed width: each channel from its own lowest step keeps the widest span small
+        zero_points = np.maximum(0, -steps.min(axis=1))
+    else:
+        # one histogram for all channels: centred alike, their steps share it best
+        zero_points = np.full(channels, max(0, -int(steps.min())), dtype=np.int64)
+    k = steps + zero_points[:, None]
+    levels = int(k.max()) + 1
+    if levels > MAX_GRID_LEVELS:
+        return None
+    scale_bytes = scales.astype("<f4").tobytes()
+    zp_coder, zp_data = encode_symbols(zero_points, coder)
+    info = {"channels": channels, "levels": levels, "scales": {"bytes": len(scale_bytes)},
+            "zero_points": {"coder": zp_coder, "bytes": len(zp_data)}}
+    return _Grid(k.ravel(), levels, info, scale_bytes + zp_data)
+
+
+def _encode_values(values: np.ndarray, itemsize: int, coder: str, grid: _Grid | None = None,
+                   grid_symbols: np.ndarray | None = None
                    ) -> list[tuple[str, dict[str, Any], bytes]]:
-    """The smaller of: plain bytes; a codebook of the distinct values + coded indices."""
+    """The smallest of: plain bytes; a codebook of the distinct values + coded indices; and,
+    given a grid, the entries' grid integers (``grid_symbols``) + the grid."""
     plain = values.astype(f"<u{itemsize}").tobytes()
     best = [("values", {"coder": PLAIN, "bytes": len(plain)}, plain)]
     if values.size == 0:
         return best
     codebook, indices = np.unique(values, return_inverse=True)
-    if codebook.size > MAX_CODEBOOK or codebook.size * itemsize >= len(plain):
-        return best
-    book = codebook.astype(f"<u{itemsize}").tobytes()
-    name, data = encode_symbols(indices.ravel(), coder, alphabet_size=codebook.size)
-    if len(book) + len(data) < len(plain):
-        best = [("values", {"coder": name, "bytes": len(data)}, data),
-                ("codebook", {"size": int(codebook.size), "bytes": len(book)}, book)]
+    if codebook.size <= MAX_CODEBOOK and codebook.size * itemsize < len(plain):
+        book = codebook.astype(f"<u{itemsize}").tobytes()
+        name, data = encode_symbols(indices.ravel(), coder, alphabet_size=codebook.size)
+        if len(book) + len(data) < _size(best):
+            best = [("values", {"coder": name, "bytes": len(data)}, data),
+                    ("codebook", {"size": int(codebook.size), "bytes": len(book)}, book)]
+    if grid is not None and len(grid.side) < _size(best):
+        assert grid_symbols is not None
+        name, data = encode_symbols(grid_symbols, coder, alphabet_size=grid.levels)
+        if len(grid.side) + len(data) < _size(best):
+            best = [("values", {"coder": name, "bytes": len(data)}, data),
+                    ("grid", grid.info, grid.side)]
     return best
 
 
 def _candidate(layout: str, index: np.ndarray | None, values: np.ndarray, itemsize: int,
-               coder: str, **extra: int) -> _Candidate:
+               coder: str, grid: _Grid | None = None, grid_symbols: np.ndarray | None = None,
+               **extra: int) -> _Candidate:
     streams = []
     fields: dict[str, Any] = {"layout": layout, **extra}
     if index is not None:
         name, data = encode_symbols(index, coder)
         streams.append(("index", {"coder": name, "bytes": len(data)}, data))
         fields["entries"] = int(values.size)
-    streams += _encode_values(values, itemsize, coder)
+    streams += _encode_values(values, itemsize, coder, grid, grid_symbols)
     return _Candidate(fields, streams)
 
 
@@ -168,28 +281,36 @@ def _choose_gap_bits(gaps: np.ndarray, nonzero_values: np.ndarray, itemsize: int
     return best
 
 
-def layout_candidates(array: np.ndarray, coder: str = "best"
+def layout_candidates(array: np.ndarray, coder: str = "best", hint: Any = None
                       ) -> list[tuple[dict[str, Any], bytes]]:
     """Every layout tried for ``array``, each as (entry, payload): dense; and, unless it has
     no zero, sparse-gaps and (when a width below the longest gap helps) sparse-fixed with the
-    gap width of smallest estimated size. ``encode_tensor`` keeps the smallest."""
+    gap width of smallest estimated size. ``hint`` (see ``encode_tensor``) adds the grid to the
+    value codings each layout chooses from. ``encode_tensor`` keeps the smallest."""
     _check_coder(coder)
     array = np.asarray(array)
     bits, dtype_name = _bits_of(array)
+    grid = _grid_for(array, hint, coder) if hint is not None else None
     itemsize = array.dtype.itemsize
     nonzero = np.flatnonzero(bits)
-    candidates = [_candidate("dense", None, bits, itemsize, coder)]
+    candidates = [_candidate("dense", None, bits, itemsize, coder, grid,
+                             grid.symbols() if grid else None)]
     if nonzero.size < bits.size:
         gaps = np.diff(nonzero, prepend=-1)
-        candidates.append(_candidate("sparse-gaps", gaps - 1, bits[nonzero], itemsize, coder))
-        gap_bits = (_choose_gap_bits(gaps, bits[nonzero], itemsize, coder)
+        candidates.append(_candidate("sparse-gaps", gaps - 1, bits[nonzero], itemsize, coder,
+                                     grid, grid.symbols(nonzero) if grid else None))
+        # a grid's integers share the codebook's histogram but not its size: estimate with them
+        estimated = grid.symbols(nonzero) if grid else bits[nonzero]
+        gap_bits = (_choose_gap_bits(gaps, estimated, itemsize, coder)
                     if nonzero.size else None)
         if gap_bits is not None:
             index, real = fixed_gap_entries(gaps, gap_bits)
             values = np.zeros(index.size, dtype=bits.dtype)
             values[real] = bits[nonzero]
+            # fillers are zeros, on the grid like the others
+            symbols = grid.symbols(np.cumsum(index + 1) - 1) if grid else None
             candidates.append(_candidate("sparse-fixed", index, values, itemsize, coder,
-                                         gap_bits=gap_bits))
+                                         grid, symbols, gap_bits=gap_bits))
     crc = _crc_of(bits, itemsize)
     out = []
     for c in candidates:
@@ -202,12 +323,36 @@ def layout_candidates(array: np.ndarray, coder: str = "best"
     return out
 
 
-def encode_tensor(array: np.ndarray, coder: str = "best") -> tuple[dict[str, Any], bytes]:
+def encode_tensor(array: np.ndarray, coder: str = "best", hint: Any = None
+                  ) -> tuple[dict[str, Any], bytes]:
     """Code ``array`` (any shape, a dtype in SUPPORTED_DTYPES) in its smallest layout. Returns
     the manifest entry and the payload; ``decode_tensor(entry, payload)`` gives the array back
-    bit for bit. ``coder``: ``best`` or a name in ``CODERS``, used for every coded stream."""
-    # min keeps the first of equals: dense, then sparse-gaps, then sparse-fixed
-    return min(layout_candidates(array, coder), key=lambda c: len(c[1]))
+    bit for bit. ``coder``: ``best`` or a name in ``CODERS``, used for every coded stream.
+
+    ``hint``: where a float32 array came out of uniform quantization, a dict with its
+    ``scale`` (one per channel along axis 0, or one), so that the grid value coding is tried
+    (other keys, such as ``zero_point``, ``bits``, ``axis``: 0, are allowed; the zero points
+    stored are the encoder's own choice). The grid is kept only when it is the smallest and
+    its entry decodes to ``array`` bit for bit; otherwise the hint changes nothing."""
+    def smallest(candidates: list[tuple[dict[str, Any], bytes]]
+                 ) -> tuple[dict[str, Any], bytes]:
+        # min keeps the first of equals: dense, then sparse-gaps, then sparse-fixed
+        return min(candidates, key=lambda c: len(c[1]))
+
+    entry, payload = smallest(layout_candidates(array, coder, hint))
+    if "grid" in entry and not _decodes_to(entry, payload, np.asarray(array)):
+        # not expected (every element was checked on the grid); the full decode is the proof
+        entry, payload = smallest(layout_candidates(array, coder))
+    return entry, payload
+
+
+def _decodes_to(entry: dict[str, Any], payload: bytes, array: np.ndarray) -> bool:
+    try:
+        out = decode_tensor(entry, payload, max_elements=max(1, array.size))
+    except ArtifactError:
+        return False
+    native = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
+    return out.shape == native.shape and out.tobytes() == native.tobytes()
 
 
 # ============================================================================ checking
@@ -258,10 +403,28 @@ class TensorEntry:
     codebook_size: int
     codebook_bytes: int
     decoded_crc32: int
+    grid_channels: int = 0  # 0: no grid
+    grid_levels: int = 0
+    scale_bytes: int = 0
+    zero_point_coder: str | None = None
+    zero_point_bytes: int = 0
+
+    @property
+    def value_coding(self) -> str:
+        """How the values are stored: plain, codebook or grid."""
+        if self.value_coder == PLAIN:
+            return PLAIN
+        return "grid" if self.grid_channels else "codebook"
+
+    @property
+    def side_bytes(self) -> int:
+        """What maps value symbols to values: the codebook, or a grid's scales and zero
+        points."""
+        return self.codebook_bytes + self.scale_bytes + self.zero_point_bytes
 
     @property
     def total_bytes(self) -> int:
-        return self.index_bytes + self.value_bytes + self.codebook_bytes
+        return self.index_bytes + self.value_bytes + self.side_bytes
 
 
 def check_entry(entry: Any, *, where: str = "tensor",
@@ -302,7 +465,12 @@ def check_entry(entry: Any, *, where: str = "tensor",
         index_coder, index_bytes = _stream(entry, "index", where, tuple(sorted(CODERS)))
     value_coder, value_bytes = _stream(entry, "values", where, (*sorted(CODERS), PLAIN))
     codebook_size = codebook_bytes = 0
-    if value_coder == PLAIN:
+    grid: dict[str, Any] = {}
+    if "grid" in entry:
+        if value_coder == PLAIN or "codebook" in entry:
+            raise _fail(where, "a grid goes with coded values and no codebook")
+        grid = _check_grid(entry, where, dtype_name, shape)
+    elif value_coder == PLAIN:
         if "codebook" in entry:
             raise _fail(where, "plain values with a codebook")
         if value_bytes != entries * dtype.itemsize:
@@ -321,7 +489,30 @@ def check_entry(entry: Any, *, where: str = "tensor",
                        index_coder=index_coder, index_bytes=index_bytes,
                        value_coder=value_coder, value_bytes=value_bytes,
                        codebook_size=codebook_size, codebook_bytes=codebook_bytes,
-                       decoded_crc32=decoded_crc32)
+                       decoded_crc32=decoded_crc32, **grid)
+
+
+def _check_grid(entry: dict[str, Any], where: str, dtype_name: str, shape: list[int]
+                ) -> dict[str, Any]:
+    """The ``grid`` field of an entry, checked; as TensorEntry's grid fields."""
+    if dtype_name != "float32":
+        raise _fail(where, f"a grid codes float32 values, not {dtype_name}")
+    grid = _dict(entry, "grid", where)
+    at = f"{where} grid"
+    rows = shape[0] if shape else 1
+    channels = _int(grid, "channels", at, 1, max(1, rows))
+    if channels not in (1, rows):
+        raise _fail(at, f"{channels} channels for a tensor of shape {shape}: a grid has one "
+                        "channel or one per row along axis 0")
+    levels = _int(grid, "levels", at, 1, MAX_GRID_LEVELS)
+    scale_bytes = _int(_dict(grid, "scales", at), "bytes", f"{at} scales", 0, 1 << 62)
+    if scale_bytes != 4 * channels:
+        raise _fail(at, f"{channels} float32 scales take {4 * channels} bytes, the entry says "
+                        f"{scale_bytes}")
+    zero_point_coder, zero_point_bytes = _stream(grid, "zero_points", at,
+                                                 tuple(sorted(CODERS)))
+    return {"grid_channels": channels, "grid_levels": levels, "scale_bytes": scale_bytes,
+            "zero_point_coder": zero_point_coder, "zero_point_bytes": zero_point_bytes}
 
 
 # ============================================================================ decoding
@@ -355,6 +546,9 @@ def decode_tensor(entry: dict[str, Any], payload: bytes, *, where: str = "tensor
         value_data = buf[e.index_bytes:e.index_bytes + e.value_bytes]
         if e.value_coder == PLAIN:
             values = value_data.view(word.newbyteorder("<")).astype(word)
+        elif e.grid_channels:
+            values = _grid_decode(e, buf[e.index_bytes + e.value_bytes:], value_data,
+                                  positions, where)
         else:
             book = buf[e.index_bytes + e.value_bytes:].view(word.newbyteorder("<"))
             indices = decode_symbols(e.value_coder, value_data, e.entries)
@@ -380,6 +574,33 @@ def decode_tensor(entry: dict[str, Any], payload: bytes, *, where: str = "tensor
     if e.dtype == np.bool_ and bits.size and int(bits.max()) > 1:
         raise _fail(where, "bool tensor holds bytes other than 0 and 1")
     return bits.view(e.dtype).reshape(e.shape)
+
+
+def _grid_decode(e: TensorEntry, side: np.ndarray, value_data: np.ndarray,
+                 positions: np.ndarray | None, where: str) -> np.ndarray:
+    """The value entries (as uint32 bit patterns) of a grid-coded float32 tensor; ``side``
+    holds the scales, then the coded zero points."""
+    k = decode_symbols(e.value_coder, value_data, e.entries)
+    if k.size and int(k.max()) >= e.grid_levels:
+        raise _fail(where, f"grid integer {int(k.max())} out of range (levels "
+                           f"{e.grid_levels})")
+    channels = e.grid_channels
+    scales = side[:e.scale_bytes].view("<f4")
+    zero_points = decode_symbols(e.zero_point_coder, side[e.scale_bytes:], channels)
+    if int(zero_points.max()) > MAX_GRID_LEVELS:
+        raise _fail(where, f"grid zero point {int(zero_points.max())} out of range "
+                           f"0..{MAX_GRID_LEVELS}")
+    if k.size == 0:
+        values = np.zeros(0, dtype=np.float32)
+    elif channels == 1:
+        values = grid_values(k, zero_points[0], scales[0])
+    elif positions is None:  # dense: entry i is element i
+        values = grid_values(k.reshape(channels, e.count // channels), zero_points[:, None],
+                             scales[:, None]).ravel()
+    else:
+        rows = positions // (e.count // channels)
+        values = grid_values(k, zero_points[rows], scales[rows])
+    return values.view(np.uint32)
 
 
 def _crc_of(bits: np.ndarray, itemsize: int) -> int:

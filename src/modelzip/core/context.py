@@ -14,6 +14,7 @@ segmentation or embedding model is fine-tuned by its own loop and loss::
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,8 +76,9 @@ class Context:
               extra_loss: Callable[..., Any] | None = None, technique: str = "fine-tuning",
               validate: bool = True) -> Any:
         """Train ``model`` in place with the user's trainer (default ``modelzip.train.fit``)
-        on ``data`` (default ``train_data``) with ``config`` (default ``finetune``)."""
-        from modelzip.train import TrainConfig, fit
+        on ``data`` (default ``train_data``) with ``config`` (default ``finetune``); returns a
+        ``TrainHistory`` (the user trainer's own, or one with the wall time)."""
+        from modelzip.train import TrainConfig, TrainHistory, fit
 
         data = data if data is not None else self.require("train_data", technique)
         config = config if config is not None else (self.finetune or TrainConfig())
@@ -88,9 +90,13 @@ class Context:
         if extra_loss is not None:
             kwargs["extra_loss"] = extra_loss
         trainer = self.trainer or fit
-        if trainer is not fit and self.evaluator is not None:
+        if trainer is not fit:
             kwargs.pop("val_data")  # a user loop validates (or not) on its own
-        return trainer(model, data, config, **kwargs)
+        start = time.perf_counter()
+        history = trainer(model, data, config, **kwargs)
+        if isinstance(history, TrainHistory):
+            return history
+        return TrainHistory(epochs=[], wall_time_s=time.perf_counter() - start)
 
     def evaluate(self, model: nn.Module, data: Any) -> Any:
         """The evaluator's full result on ``data`` (an EvalResult by default)."""

@@ -47,6 +47,9 @@ __all__ = [
 ]
 
 BASE_ATTR = "modelzip_base"  # the architecture before the first structural change
+# modelzip's own bookkeeping on modules (base, source, zoo spec, quantization grids) is not
+# structure: attributes with this prefix are never recorded.
+_OWN_PREFIX = "modelzip_"
 # Classes a record may name: PyTorch's own layers and modelzip's.
 _ALLOWED_PREFIXES = ("torch.nn.", "modelzip.")
 # nn.Module's own bookkeeping (training flag, hook dicts, ...): never part of a record.
@@ -76,7 +79,7 @@ def _type_name(module: nn.Module) -> str:
 def _simple_attrs(module: nn.Module) -> dict[str, Any]:
     out = {}
     for key, value in vars(module).items():
-        if key in _MODULE_INTERNALS or key == BASE_ATTR:
+        if key in _MODULE_INTERNALS or key.startswith(_OWN_PREFIX):
             continue
         plain = _plain(value)
         if plain is not _NOT_SIMPLE:
@@ -119,14 +122,17 @@ def module_spec(module: nn.Module, where: str = "") -> dict[str, Any]:
                               "which a record cannot rebuild (only torch.nn and modelzip "
                               "layers can replace modules)")
     for key, value in vars(module).items():
-        if key not in _MODULE_INTERNALS and _plain(value) is _NOT_SIMPLE and key != BASE_ATTR:
+        if key not in _MODULE_INTERNALS and _plain(value) is _NOT_SIMPLE and \
+                not key.startswith(_OWN_PREFIX):
             raise CheckpointError(f"module {where or '(root)'} ({type_name}) holds attribute "
                                   f"{key!r} of type {type(value).__name__}, which a record "
                                   "cannot rebuild")
     return {"type": type_name, "attrs": _simple_attrs(module),
-            "parameters": {n: list(p.shape) for n, p in module._parameters.items()
-                           if p is not None},
-            "buffers": {n: list(b.shape) for n, b in module._buffers.items() if b is not None},
+            # None: a slot the layer reads but leaves empty (Linear(bias=False).bias)
+            "parameters": {n: None if p is None else list(p.shape)
+                           for n, p in module._parameters.items()},
+            "buffers": {n: None if b is None else list(b.shape)
+                        for n, b in module._buffers.items()},
             "children": {n: module_spec(c, f"{where}.{n}" if where else n)
                          for n, c in module._modules.items() if c is not None}}
 
@@ -171,10 +177,11 @@ def build_module(spec: dict[str, Any], where: str = "module", *,
         # lists come back from JSON; the layers keep tuples (kernel_size, stride, ...)
         object.__setattr__(module, key, _as_tuple(value))
     for key, shape in (spec.get("parameters") or {}).items():
-        module.register_parameter(key, nn.Parameter(torch.empty(_shape(shape, where),
-                                                                dtype=dtype)))
+        module.register_parameter(key, None if shape is None else nn.Parameter(
+            torch.empty(_shape(shape, where), dtype=dtype)))
     for key, shape in (spec.get("buffers") or {}).items():
-        module.register_buffer(key, torch.empty(_shape(shape, where), dtype=dtype))
+        module.register_buffer(key, None if shape is None else
+                               torch.empty(_shape(shape, where), dtype=dtype))
     for key, child in (spec.get("children") or {}).items():
         module.add_module(key, build_module(child, f"{where}.{key}", dtype=dtype))
     return module

@@ -45,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -341,21 +340,13 @@ class ChannelMasker:
     computes, so the masked model gives the logits of the physically pruned one (checked in
     tests/test_drop_bound.py). Use as a context manager; ``set_removed`` picks the filters."""
 
-    def __init__(self, model: nn.Module, layer_name: str, example_input: torch.Tensor) -> None:
-        import torch_pruning as tp
+    def __init__(self, model: nn.Module, layer_name: str, example_input: Any) -> None:
+        from modelzip.prune.structured import _build_graph
 
         self.layer = _conv_by_name(model, layer_name)
         self.num_filters = self.layer.out_channels
-        was_training = model.training
-        try:
-            # Torch-Pruning traces through autograd; a tuple makes it call model(x), never
-            # model(*x).
-            with torch.enable_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self._graph = tp.DependencyGraph().build_dependency(
-                    model, example_inputs=(example_input,), verbose=False)
-        finally:
-            model.train(was_training)
+        # One batch of the model's inputs: a tensor, a tuple or a dict of keyword tensors.
+        self._graph = _build_graph(model, example_input)
         self._prune_fn = self._graph.get_pruner_of_module(self.layer).prune_out_channels
         self._masks: dict[nn.Module, torch.Tensor | None] = {}
         self._handles: list[Any] = []
@@ -570,7 +561,7 @@ def _bisect_restore(order: torch.Tensor, keep: torch.Tensor,
 # ---------------------------------------------------------------------------- technique
 def _finetune(model: nn.Module, config: DropBoundConfig, ctx: Context, layer_index: int) -> None:
     from modelzip.prune.masks import MaskKeeper
-    from modelzip.train import TrainConfig, fit
+    from modelzip.train import TrainConfig
 
     train = ctx.require("train_data", "drop-bound (fine-tuning after each layer)")
     base = ctx.finetune or TrainConfig()
@@ -585,20 +576,24 @@ def _finetune(model: nn.Module, config: DropBoundConfig, ctx: Context, layer_ind
         idx = torch.randperm(len(train), generator=gen)[:config.finetune_images].sort().values
         train = train.subset(idx)
     with MaskKeeper(model, ctx.masks) as keeper:  # unstructured masks stay applied
-        fit(model, train, cfg, step_callbacks=[keeper], progress=ctx.progress)
+        ctx.train(model, cfg, data=train, step_callbacks=[keeper], technique="drop-bound",
+                  validate=False)
 
 
-def _layer_order(model: nn.Module, example: torch.Tensor, wanted: Sequence[str]) -> list[str]:
+def _layer_order(model: nn.Module, example: Any, wanted: Sequence[str]) -> list[str]:
     """The conv layers to prune, first to last: by default the root of every prunable
     channel group (a residual pair or a concatenation feeding a depthwise conv is one group,
-    so it gets one agent, not one per member); else ``wanted``, checked."""
-    from modelzip.prune.structured import channel_groups, prunable_channel_layers
+    so it gets one agent, not one per member); else ``wanted``, checked. Groups whose
+    channels only go in sets (across a grouped convolution) are left out: the agent picks
+    single filters."""
+    from modelzip.prune.structured import channel_groups
 
     convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    groups = [g for g in channel_groups(model, example) if g.prunable and g.channelwise]
     if not wanted:
-        return [g.root for g in channel_groups(model, example)
-                if g.prunable and g.root in convs]
-    prunable = [n for n in prunable_channel_layers(model, example) if n in convs]
+        return [g.root for g in groups if g.root in convs]
+    names = {n for g in groups for n in g.layers}
+    prunable = [n for n, _ in model.named_modules() if n in names and n in convs]
     unknown = [n for n in wanted if n not in prunable]
     if unknown:
         raise ConfigError(f"drop-bound: {', '.join(unknown)} not among the prunable conv "
@@ -606,7 +601,7 @@ def _layer_order(model: nn.Module, example: torch.Tensor, wanted: Sequence[str])
     return list(wanted)
 
 
-@register_technique("drop-bound", DropBoundConfig)
+@register_technique("drop-bound", DropBoundConfig, kind="prune")
 def drop_bound_prune(model: nn.Module, config: DropBoundConfig, ctx: Context) -> nn.Module:
     """Remove conv filters layer by layer where a learned agent finds the validation accuracy
     drop stays within the bound (Huang et al. 2018)."""
@@ -622,7 +617,10 @@ def drop_bound_prune(model: nn.Module, config: DropBoundConfig, ctx: Context) ->
     from modelzip.prune.structured import remove_output_channels
 
     model.eval()
-    example = torch.randn(1, *val_data.input_shape, generator=torch.Generator().manual_seed(0))
+    example = getattr(ctx, "example_inputs", None)
+    if example is None:
+        example = torch.randn(1, *val_data.input_shape,
+                              generator=torch.Generator().manual_seed(0))
     order = _layer_order(model, example, config.layers)
     val = _ValSet(val_data, config.val_images, config.seed, config.eval_batch_size)
     b = config.bound_points

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +43,7 @@ from modelzip.prune.schedules import (
     round_sparsities,
 )
 from modelzip.registry import Context, normalise_layers, register_technique
-from modelzip.train import TrainConfig, evaluate, fit
+from modelzip.train import TrainConfig
 
 __all__ = [
     "AGPConfig",
@@ -524,13 +525,13 @@ def iterative_magnitude_prune(model: nn.Module, config: IterativeMagnitudeConfig
         epochs = (config.final_epochs or config.epochs) if k == config.rounds - 1 \
             else config.epochs
         cfg = config.train_config(ctx.finetune, epochs)
+        start = time.perf_counter()
         with MaskKeeper(model, ctx.masks) as keeper:
-            hist = fit(model, train, cfg, val_data=ctx.val_data, step_callbacks=[keeper],
-                       progress=ctx.progress)
+            ctx.train(model, cfg, data=train, step_callbacks=[keeper], validate=False)
         info["epochs"] = epochs
-        info["wall_time_s"] = round(hist.wall_time_s, 2)
+        info["wall_time_s"] = round(time.perf_counter() - start, 2)
         if ctx.val_data is not None:
-            info["val_error_pct"] = hist.epochs[-1]["val_error_pct"]
+            info["val_error_pct"] = ctx.val_error(model)
         if ctx.progress:
             val = (f", val error {info['val_error_pct']:.2f}%" if "val_error_pct" in info
                    else "")
@@ -600,16 +601,15 @@ def agp_prune(model: nn.Module, config: AGPConfig, ctx: Context) -> nn.Module:
     try:
         if steps[0] == 0:
             pruner.prune(0)
-        hist = fit(model, train, cfg, val_data=ctx.val_data, step_callbacks=[pruner],
-                   progress=ctx.progress)
+        start = time.perf_counter()
+        ctx.train(model, cfg, data=train, step_callbacks=[pruner], validate=False)
     finally:
         pruner.remove()
-    wall = hist.wall_time_s
     if config.final_epochs:
         with MaskKeeper(model, ctx.masks) as keeper:
-            final = fit(model, train, config.train_config(ctx.finetune, config.final_epochs),
-                        val_data=ctx.val_data, step_callbacks=[keeper], progress=ctx.progress)
-        wall += final.wall_time_s
+            ctx.train(model, config.train_config(ctx.finetune, config.final_epochs),
+                      data=train, step_callbacks=[keeper], validate=False)
+    wall = time.perf_counter() - start
     layers = pruner.layers  # the last raise reached the final sparsity
     record: dict[str, Any] = {"step": name, "mode": plan.mode, "target": plan.target(),
                               "initial_sparsity": config.initial_sparsity, "start_step": t0,
@@ -618,7 +618,7 @@ def agp_prune(model: nn.Module, config: AGPConfig, ctx: Context) -> nn.Module:
                               "epochs_total": config.epochs + config.final_epochs,
                               "wall_time_s": round(wall, 2), "train": cfg.to_dict()}
     if ctx.val_data is not None:
-        record["val_error_pct"] = evaluate(model, ctx.val_data).error_pct
+        record["val_error_pct"] = ctx.val_error(model)
     ctx.records.append(record)
     if ctx.progress:
         ctx.log(_summary(name, layers))

@@ -40,6 +40,7 @@ from torch import nn
 from modelzip.data import ImageDataset
 from modelzip.errors import ConfigError
 from modelzip.prune.structured import (
+    ExampleInputs,
     StructuredPruneConfig,
     channel_groups,
     example_input_for,
@@ -185,13 +186,16 @@ def channel_sensitivity(model: nn.Module, data: ImageDataset, *,
                         layers: Sequence[str] | None = None,
                         ignored: Sequence[str] = (),
                         batch_size: int = 500,
-                        example_input: torch.Tensor | None = None,
+                        example_input: ExampleInputs | None = None,
                         progress: Callable[[str], None] | None = None) -> SensitivityCurves:
     """Accuracy on ``data`` with a fraction ``r`` of one channel group's output channels
     (lowest ``criterion`` norm first) physically removed, for each prunable group (keyed by
     its root layer, see ``modelzip.prune.structured.channel_groups``) and each ``r``; ``layers``
     limits the groups (any layer of a group selects it), a group holding a layer of
-    ``ignored`` is left out. A level that would leave no channel is recorded as accuracy 0."""
+    ``ignored`` is left out. A level that would leave no channel is recorded as accuracy 0.
+    ``example_input``: one batch of the model's inputs that the graph is traced on (a tensor,
+    a tuple or a dict of keyword tensors); by default a random batch of the zoo's input
+    shape."""
     levels = _check_levels(ratios, "ratios")
     example = example_input if example_input is not None else example_input_for(model)
     groups = [g for g in channel_groups(model, example)
@@ -211,17 +215,18 @@ def channel_sensitivity(model: nn.Module, data: ImageDataset, *,
         acc[g.root], achieved[g.root] = [], []
         for r in levels:
             keep = kept_channels(g.channels, r, round_to)
-            achieved[g.root].append(1.0 - keep / g.channels)
-            if keep == 0:
-                acc[g.root].append(0.0)
-                continue
-            if keep == g.channels:
-                acc[g.root].append(baseline)
+            if keep in (0, g.channels):
+                achieved[g.root].append(1.0 - keep / g.channels)
+                acc[g.root].append(0.0 if keep == 0 else baseline)
                 continue
             pruned = copy.deepcopy(model)
-            prune_in_place(pruned, StructuredPruneConfig(ratio={g.root: r}, criterion=criterion,
-                                                         round_to=round_to),
-                           example, check_each_group=False)
+            rec = prune_in_place(pruned, StructuredPruneConfig(ratio={g.root: r},
+                                                               criterion=criterion,
+                                                               round_to=round_to),
+                                 example, check_each_group=False)
+            # What was really removed: whole units (grouped convs, heads) may round it.
+            kept = next(row["out_after"] for row in rec["layers"] if row["layer"] == g.root)
+            achieved[g.root].append(1.0 - kept / g.channels)
             acc[g.root].append(_accuracy(pruned, data, batch_size))
         if progress is not None:
             progress(f"sensitivity {g.root}: " + ", ".join(
@@ -327,7 +332,7 @@ def _bisect(levels_for: Callable[[float], dict[str, float]],
 def allocate(curves: SensitivityCurves, *, target_flops: float | None = None,
              target_sparsity: float | None = None, model: nn.Module | None = None,
              max_level: float = 1.0, steps: int = 16,
-             example_input: torch.Tensor | None = None,
+             example_input: ExampleInputs | None = None,
              ignored: Sequence[str] = ()) -> Allocation:
     """Per-layer levels for one target, by the rule in the module docstring.
 
@@ -447,7 +452,7 @@ def _val_subset(data: ImageDataset, n: int, seed: int) -> ImageDataset:
     return data.subset(torch.from_numpy(idx))
 
 
-@register_technique("auto-structured", AutoStructuredConfig)
+@register_technique("auto-structured", AutoStructuredConfig, kind="prune")
 def auto_structured_prune(model: nn.Module, config: AutoStructuredConfig,
                           ctx: Context) -> nn.Module:
     """Filter pruning with per-layer ratios from measured sensitivity, for a FLOPs target.

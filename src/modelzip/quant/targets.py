@@ -1,5 +1,9 @@
 """Which weights a quantization technique touches, at how many bits, and which of their
-entries are kept (non-pruned). Shared by the ``uniform`` and ``kmeans`` techniques."""
+entries are kept (non-pruned). Shared by the ``uniform`` and ``kmeans`` techniques.
+
+The quantizable weights are those of Linear, Conv (1d/2d/3d, transposed too) and Embedding
+layers: a wider set than pruning's ``prunable_weights``, since an embedding table (half the
+parameters of a small text encoder) quantizes row by row like any weight."""
 
 from __future__ import annotations
 
@@ -12,16 +16,32 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from modelzip.errors import ConfigError
-from modelzip.prune.masks import layer_of, masks_from_zeros, prunable_weights, weight_param
+from modelzip.prune.masks import layer_of, weight_param
 from modelzip.registry import Context
 from modelzip.registry import normalise_layers as normalise_layer_choice
 
-__all__ = ["is_conv", "kept_masks", "layer_of", "normalise_layers", "parametrized_name",
-           "parametrized_weights", "plan_bits"]
+__all__ = ["QUANTIZABLE", "is_conv", "kept_masks", "layer_of", "normalise_layers",
+           "parametrized_name", "parametrized_weights", "plan_bits", "quantizable_weights"]
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+          nn.ConvTranspose3d)
+QUANTIZABLE = (nn.Linear, *_CONVS, nn.Embedding)
 
 
 def is_conv(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+    """A convolution, transposed or not."""
+    return isinstance(module, _CONVS)
+
+
+def quantizable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Weights of Linear, Conv, ConvTranspose and Embedding layers by parameter name, in model
+    order (biases and norms are left in float). Per channel means per row along axis 0: an
+    output channel, a token's vector of an Embedding, an input channel of a ConvTranspose."""
+    out = {}
+    for mname, module in model.named_modules():
+        if isinstance(module, QUANTIZABLE):
+            out[f"{mname}.weight" if mname else "weight"] = module.weight
+    return out
 
 
 def normalise_layers(config: Any, technique: str) -> None:
@@ -33,7 +53,7 @@ def normalise_layers(config: Any, technique: str) -> None:
 
 def _resolve(model: nn.Module, names: list[str], technique: str) -> dict[str, str]:
     """Requested name (layer "fc1" or weight "fc1.weight") -> weight parameter name."""
-    weights = prunable_weights(model)
+    weights = quantizable_weights(model)
     out: dict[str, str] = {}
     bad = []
     for name in names:
@@ -43,8 +63,8 @@ def _resolve(model: nn.Module, names: list[str], technique: str) -> dict[str, st
             bad.append(name)
     if bad:
         valid = ", ".join(layer_of(p) or p for p in weights)
-        raise ConfigError(f"{technique}: {', '.join(map(repr, bad))} is not a Linear or Conv "
-                          f"layer of this model; its Linear and Conv layers: {valid}")
+        raise ConfigError(f"{technique}: {', '.join(map(repr, bad))} is not a Linear, Conv or "
+                          f"Embedding layer of this model; its quantizable layers: {valid}")
     return out
 
 
@@ -52,11 +72,12 @@ def plan_bits(model: nn.Module, technique: str, bits: int | dict[str, int] | Non
               layers: tuple[str, ...] | None,
               default_bits: Callable[[nn.Module], int | None]) -> dict[str, int | None]:
     """Weight parameter name -> bits, in model order. A ``bits`` mapping names the layers;
-    otherwise ``layers`` (default: every Linear and Conv weight) get ``bits``, or
-    ``default_bits(module)`` when ``bits`` is None."""
-    weights = prunable_weights(model)
+    otherwise ``layers`` (default: every quantizable weight, see ``quantizable_weights``) get
+    ``bits``, or ``default_bits(module)`` when ``bits`` is None."""
+    weights = quantizable_weights(model)
     if not weights:
-        raise ConfigError(f"{technique}: this model has no Linear or Conv weight to quantize")
+        raise ConfigError(f"{technique}: this model has no Linear, Conv or Embedding weight "
+                          "to quantize")
     modules = dict(model.named_modules())
     if isinstance(bits, dict):
         resolved = _resolve(model, list(bits), technique)
@@ -72,15 +93,15 @@ def kept_masks(model: nn.Module, names: list[str], ctx: Context) -> dict[str, to
     """Which entries of each named weight are kept: not pruned in ``ctx.masks`` and not zero
     (a pruned weight is stored as exactly 0). Layers with pruned entries get their mask into
     ``ctx.masks`` too, so that later fine-tuning steps keep them zero."""
-    weights = prunable_weights(model)
-    from_zeros = masks_from_zeros(model, names)
+    weights = quantizable_weights(model)
     out = {}
     for p in names:
         keep = weights[p].detach() != 0
+        has_zeros = not bool(keep.all())
         if p in ctx.masks:
             keep = keep & ctx.masks[p].to(keep.device)
         out[p] = keep
-        if p in from_zeros or p in ctx.masks:
+        if has_zeros or p in ctx.masks:
             ctx.masks[p] = keep
     return out
 

@@ -12,7 +12,10 @@ Schemes, each per tensor or per output channel (dim 0):
 
 For binary and ternary the means run over the non-zero weights only: a pruned weight is not
 part of the layer any more (on a dense layer this is the published rule). Every scheme maps
-0.0 to exactly 0.0, so pruned weights stay pruned. Scales are computed in float64.
+0.0 to exactly +0.0, so pruned weights stay pruned. Scales are computed in float64; the
+quantized values are ``(code - zero_point) x scale`` computed in the weight's dtype (see
+``dequantize``), which for float32 is bit for bit the formula the .mzip grid coding decodes
+with, so that a quantized weight is stored as its integer codes.
 """
 
 from __future__ import annotations
@@ -195,10 +198,14 @@ def quantize(w: torch.Tensor, params: QuantParams) -> torch.Tensor:
 
 def dequantize(codes: torch.Tensor, params: QuantParams,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(codes - zero_point) x scale, computed in float64 and returned as ``dtype``."""
-    scale = params.broadcast(params.scale, codes.ndim)
+    """(codes - zero_point) x scale, computed in ``dtype``: the integer difference is exact,
+    the scale is rounded to ``dtype`` once, and so is the product. For float32 this is, bit
+    for bit, numpy's ``(np.float32(q) - np.float32(z)) * np.float32(s)`` (IEEE 754 rounds a
+    product the same everywhere): the formula by which ``modelzip.codec`` decodes a weight
+    stored as integers on its grid (``grid_values``)."""
+    scale = params.broadcast(params.scale, codes.ndim).to(dtype)
     zero_point = params.broadcast(params.zero_point, codes.ndim)
-    return ((codes - zero_point).to(torch.float64) * scale).to(dtype)
+    return (codes - zero_point).to(dtype) * scale
 
 
 def quantize_tensor(w: torch.Tensor, scheme: str, bits: int | None = None,

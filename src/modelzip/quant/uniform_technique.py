@@ -1,5 +1,5 @@
-"""Technique ``uniform``: quantize Linear/Conv weights to a uniform grid (affine, symmetric,
-binary, ternary), optionally with quantization-aware fine-tuning.
+"""Technique ``uniform``: quantize Linear, Conv and Embedding weights to a uniform grid
+(affine, symmetric, binary, ternary), optionally with quantization-aware fine-tuning.
 
 Without fine-tuning every chosen weight is replaced by its quantized values at once. With
 ``qat_epochs > 0`` each chosen weight becomes a parametrization ``weight = fake_quantize(latent)``:
@@ -8,6 +8,9 @@ through the straight-through estimator, and the scales follow the latent weights
 mean |w|, recomputed every step). Pruned entries of the latent copy are held at zero by a
 ``MaskKeeper``. At the end the quantized values of the final latent weights are written back
 as plain float32 weights (state_dict keys unchanged) and the latent copy is dropped.
+
+Each quantized module keeps a grid hint (``modelzip.quant.grid``): its scales and zero
+points, with which the .mzip encoder stores the weight as its integer codes.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import torch
 from torch import nn
 
 from modelzip.errors import ConfigError
-from modelzip.prune.masks import MaskKeeper, prunable_weights
+from modelzip.prune.masks import MaskKeeper
+from modelzip.quant.grid import grid_hint, set_grid_hint
 from modelzip.quant.targets import (
     kept_masks,
     layer_of,
@@ -30,6 +34,7 @@ from modelzip.quant.targets import (
     parametrized_name,
     parametrized_weights,
     plan_bits,
+    quantizable_weights,
 )
 from modelzip.quant.uniform import (
     SCHEMES,
@@ -41,7 +46,7 @@ from modelzip.quant.uniform import (
     quantize,
 )
 from modelzip.registry import Context, register_technique
-from modelzip.train import TrainConfig, evaluate, fit
+from modelzip.train import TrainConfig
 
 __all__ = ["UniformQuantConfig", "uniform_quantize"]
 
@@ -56,8 +61,9 @@ class UniformQuantConfig:
     - ``scheme``: affine (min/max, integer zero point) | symmetric | binary | ternary;
     - ``bits``: 2..8 for affine and symmetric (default 8), one number or a mapping
       layer -> bits that names the layers to quantize; leave it out for binary and ternary;
-    - ``per_channel``: one scale (and zero point) per output channel instead of per tensor;
-    - ``layers``: layer names to quantize (default every Linear and Conv weight);
+    - ``per_channel``: one scale (and zero point) per row along axis 0 instead of per tensor
+      (an output channel; a token's vector of an Embedding);
+    - ``layers``: layer names to quantize (default every Linear, Conv and Embedding weight);
     - ``qat_epochs``: epochs of quantization-aware fine-tuning (straight-through estimator)
       on the context's training data; ``lr`` overrides the fine-tuning learning rate.
 
@@ -144,7 +150,7 @@ def _summary(config: UniformQuantConfig, layers: list[dict[str, Any]]) -> str:
     return f"uniform: {config.scheme} {grain}: {per}"
 
 
-@register_technique("uniform", UniformQuantConfig)
+@register_technique("uniform", UniformQuantConfig, kind="quantize")
 def uniform_quantize(model: nn.Module, config: UniformQuantConfig, ctx: Context) -> nn.Module:
     """Uniform weight quantization: affine/symmetric 2-8 bits, binary, ternary; optional QAT.
 
@@ -156,7 +162,8 @@ def uniform_quantize(model: nn.Module, config: UniformQuantConfig, ctx: Context)
                      lambda _: DEFAULT_BITS if grid else None)
     names = list(plan)
     masks = kept_masks(model, names, ctx)
-    weights = prunable_weights(model)
+    weights = quantizable_weights(model)
+    modules = dict(model.named_modules())
     record: dict[str, Any] = {"step": name, "scheme": config.scheme,
                               "per_channel": config.per_channel, "qat_epochs": config.qat_epochs}
     layers = []
@@ -169,12 +176,12 @@ def uniform_quantize(model: nn.Module, config: UniformQuantConfig, ctx: Context)
                 layers.append(_layer_record(p, w.detach(), quantized, params, config.scheme,
                                             bits))
                 w.copy_(quantized)
+                set_grid_hint(modules[layer_of(p)], "weight", grid_hint(params, bits))
     else:
         train = ctx.require("train_data", name)
         base = ctx.finetune or TrainConfig()
         cfg = dataclasses.replace(base, epochs=config.qat_epochs,
                                   lr=config.lr if config.lr is not None else base.lr)
-        modules = dict(model.named_modules())
         fakes = {p: _FakeQuantWeight(config.scheme, bits, config.per_channel)
                  for p, bits in plan.items()}
         with parametrized_weights(model, fakes):
@@ -183,19 +190,21 @@ def uniform_quantize(model: nn.Module, config: UniformQuantConfig, ctx: Context)
             keep = {parametrized_name(p): m for p, m in masks.items() if not bool(m.all())}
             keep.update({p: m for p, m in ctx.masks.items() if p not in plan})
             with MaskKeeper(model, keep) as keeper:
-                hist = fit(model, train, cfg, val_data=ctx.val_data, step_callbacks=[keeper],
-                           progress=ctx.progress)
+                hist = ctx.train(model, cfg, data=train, step_callbacks=[keeper],
+                                 technique="uniform (QAT)")
             with torch.no_grad():
                 for p, bits in plan.items():
                     module = modules[layer_of(p)]
                     latent = module.parametrizations.weight.original.detach()
-                    layers.append(_layer_record(p, latent, module.weight, fakes[p].params(latent),
-                                                config.scheme, bits))
+                    params = fakes[p].params(latent)
+                    layers.append(_layer_record(p, latent, module.weight, params, config.scheme,
+                                                bits))
+                    set_grid_hint(module, "weight", grid_hint(params, bits))
         record["train"] = cfg.to_dict()
         record["wall_time_s"] = round(hist.wall_time_s, 2)
     record["layers"] = layers
     if ctx.val_data is not None:
-        record["val_error_pct"] = evaluate(model, ctx.val_data).error_pct
+        record["val_error_pct"] = ctx.val_error(model)
     ctx.records.append(record)
     if ctx.progress:
         ctx.log(_summary(config, layers))

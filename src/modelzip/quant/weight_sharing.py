@@ -1,12 +1,13 @@
 """Technique ``kmeans``: weight sharing by k-means, as in Deep Compression (Han et al. 2016).
 
-The kept (non-zero) weights of each layer are clustered into 2^bits centroids (pruned zeros
-are not clustered and stay exactly 0.0); every weight is replaced by its centroid. Then the
-centroids can be fine-tuned: each chosen weight becomes a parametrization
-``weight = centroids[labels]`` where kept, 0 where pruned, so autograd sums the gradients of
-all weights of a cluster into its centroid (Deep Compression, Fig. 3). The cluster of every
-weight and the zero pattern stay fixed; biases and other parameters train as usual. At the
-end the final values are written back as plain float32 weights (state_dict keys unchanged).
+The kept (non-zero) weights of each chosen Linear, Conv or Embedding layer are clustered into
+2^bits centroids (pruned zeros are not clustered and stay exactly 0.0); every weight is
+replaced by its centroid. Then the centroids can be fine-tuned: each chosen weight becomes a
+parametrization ``weight = centroids[labels]`` where kept, 0 where pruned, so autograd sums
+the gradients of all weights of a cluster into its centroid (Deep Compression, Fig. 3). The
+cluster of every weight and the zero pattern stay fixed; biases and other parameters train as
+usual. At the end the final values are written back as plain float32 weights (state_dict keys
+unchanged).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import torch
 from torch import nn
 
 from modelzip.errors import ConfigError
-from modelzip.prune.masks import MaskKeeper, prunable_weights
+from modelzip.prune.masks import MaskKeeper
+from modelzip.quant.grid import clear_grid_hint
 from modelzip.quant.kmeans import CKMEANS_MAX_K, INITS, kmeans_1d, kmeans_1d_optimal
 from modelzip.quant.targets import (
     is_conv,
@@ -30,14 +32,19 @@ from modelzip.quant.targets import (
     normalise_layers,
     parametrized_weights,
     plan_bits,
+    quantizable_weights,
 )
 from modelzip.registry import Context, register_technique
-from modelzip.train import TrainConfig, evaluate, fit
+from modelzip.train import TrainConfig
 
-__all__ = ["CONV_BITS", "FC_BITS", "METHODS", "WeightSharingConfig", "weight_sharing"]
+__all__ = ["CONV_BITS", "EMBEDDING_BITS", "FC_BITS", "METHODS", "WeightSharingConfig",
+           "default_bits", "weight_sharing"]
 
 METHODS = ("lloyd", "optimal")
 CONV_BITS, FC_BITS = 8, 5  # Deep Compression's choice for AlexNet/VGG and the LeNets
+# An embedding row reaches the next layer as it is, not summed with many others over a
+# fan-in that averages errors out: give it the conv layers' 8 bits.
+EMBEDDING_BITS = 8
 MIN_BITS, MAX_BITS = 1, 8
 
 
@@ -46,13 +53,14 @@ class WeightSharingConfig:
     """k-means weight sharing of each layer's kept weights into 2^bits shared values.
 
     - ``bits``: one number for all chosen layers, or a mapping layer -> bits that names the
-      layers; default 8 for conv and 5 for fully connected layers (Deep Compression);
+      layers; default 8 for conv and 5 for fully connected layers (Deep Compression), 8 for
+      embeddings;
     - ``method``: ``lloyd`` (Lloyd's iterations from ``init``: linear | density | random,
       at most ``iters`` rounds; ``seed`` for random) or ``optimal`` (exact 1-D k-means by
       dynamic programming; at most 255 clusters, so 8 bits give 255);
     - ``finetune_epochs``: epochs of centroid fine-tuning on the context's training data
       (gradients of a cluster summed into its centroid); ``lr`` overrides its learning rate;
-    - ``layers``: layer names (default every Linear and Conv weight)."""
+    - ``layers``: layer names (default every Linear, Conv and Embedding weight)."""
 
     bits: int | dict[str, int] | None = None
     init: str = "linear"
@@ -158,8 +166,8 @@ def _finetune(model: nn.Module, clustered: dict[str, _Clustered], config: Weight
             modules[layer_of(p)].parametrizations.weight.original.requires_grad_(False)
         others = {p: m for p, m in ctx.masks.items() if p not in clustered}
         with MaskKeeper(model, others) as keeper:
-            hist = fit(model, train, cfg, val_data=ctx.val_data, step_callbacks=[keeper],
-                       progress=ctx.progress)
+            hist = ctx.train(model, cfg, data=train, step_callbacks=[keeper],
+                             technique="kmeans (centroid fine-tuning)")
     moved = {}
     for p, s in shared.items():
         new = s.centroids.detach().clone()
@@ -169,17 +177,24 @@ def _finetune(model: nn.Module, clustered: dict[str, _Clustered], config: Weight
             "centroid_max_shift": moved}
 
 
-@register_technique("kmeans", WeightSharingConfig)
+def default_bits(module: nn.Module) -> int:
+    """The bits of a layer that the config does not give: 8 conv, 8 embedding, 5 otherwise."""
+    if is_conv(module):
+        return CONV_BITS
+    return EMBEDDING_BITS if isinstance(module, nn.Embedding) else FC_BITS
+
+
+@register_technique("kmeans", WeightSharingConfig, kind="quantize")
 def weight_sharing(model: nn.Module, config: WeightSharingConfig, ctx: Context) -> nn.Module:
     """Deep Compression weight sharing: k-means per layer on the kept weights, centroid tuning.
 
     Each chosen layer's non-zero weights are clustered into 2^bits shared values; with
     ``finetune_epochs`` the shared values are then fine-tuned (clusters and zeros fixed)."""
     name = "kmeans"
-    plan = plan_bits(model, name, config.bits, config.layers,
-                     lambda m: CONV_BITS if is_conv(m) else FC_BITS)
+    plan = plan_bits(model, name, config.bits, config.layers, default_bits)
     masks = kept_masks(model, list(plan), ctx)
-    weights = prunable_weights(model)
+    weights = quantizable_weights(model)
+    modules = dict(model.named_modules())
     originals = {p: weights[p].detach().clone() for p in plan}
     clustered: dict[str, _Clustered] = {}
     ks: dict[str, int] = {}
@@ -196,6 +211,7 @@ def weight_sharing(model: nn.Module, config: WeightSharingConfig, ctx: Context) 
         clustered[p] = _cluster(weights[p], masks[p], k, config)
         with torch.no_grad():
             weights[p].copy_(_shared_values(clustered[p]))
+        clear_grid_hint(modules[layer_of(p)], "weight")  # off any uniform grid now
     record: dict[str, Any] = {"step": name, "method": config.method,
                               "init": config.init if config.method == "lloyd" else None,
                               "iters": config.iters if config.method == "lloyd" else None,
@@ -211,7 +227,7 @@ def weight_sharing(model: nn.Module, config: WeightSharingConfig, ctx: Context) 
         layers.append(final)
     record["layers"] = layers
     if ctx.val_data is not None:
-        record["val_error_pct"] = evaluate(model, ctx.val_data).error_pct
+        record["val_error_pct"] = ctx.val_error(model)
     ctx.records.append(record)
     if ctx.progress:
         per = ", ".join(f"{r['layer']} {r['bits']} bits ({r['distinct_nonzero']} values)"

@@ -22,7 +22,7 @@ import io
 import logging
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,37 +65,61 @@ _INT8_KERNELS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteg
 
 
 class _Batches(CalibrationDataReader):
-    """Feeds the calibration images to the calibrator in batches."""
+    """Feeds the calibration inputs (arrays by graph input name) to the calibrator in
+    batches."""
 
-    def __init__(self, input_name: str, images: np.ndarray, batch_size: int) -> None:
+    def __init__(self, inputs: dict[str, np.ndarray], count: int, batch_size: int) -> None:
         self._batches: Iterator[dict[str, np.ndarray]] = iter(
-            [{input_name: images[i:i + batch_size]} for i in range(0, len(images), batch_size)])
+            [{name: x[i:i + batch_size] for name, x in inputs.items()}
+             for i in range(0, count, batch_size)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
 
 
-def _check_calibration(model: onnx.ModelProto, calibration: np.ndarray) -> tuple[str, int]:
-    """The graph's input name and the calibration batch size it accepts."""
+def _check_calibration(model: onnx.ModelProto,
+                       calibration: np.ndarray | Mapping[str, np.ndarray]
+                       ) -> tuple[dict[str, np.ndarray], int, int]:
+    """The calibration inputs by graph input name, how many samples they hold, and the batch
+    size the graph accepts (0: any)."""
     graph_inputs = [i for i in model.graph.input
                     if i.name not in {init.name for init in model.graph.initializer}]
-    if len(graph_inputs) != 1:
-        raise ExportError(f"int8 quantization needs a graph with one input, this one has "
-                          f"{[i.name for i in graph_inputs]}")
-    dims = [d.dim_value if d.HasField("dim_value") else None
-            for d in graph_inputs[0].type.tensor_type.shape.dim]
-    if not isinstance(calibration, np.ndarray) or calibration.dtype != np.float32:
-        raise ConfigError("calibration must be a float32 numpy array (N, C, H, W) of "
-                          "normalized images")
-    if calibration.ndim != len(dims) or any(
-            d is not None and d != s for d, s in zip(dims[1:], calibration.shape[1:],
-                                                     strict=True)):
-        want = " x ".join("N" if d is None else str(d) for d in dims)
-        raise ShapeError(f"calibration images must have shape {want}, got "
-                         f"{' x '.join(map(str, calibration.shape))}")
-    if len(calibration) == 0:
-        raise ConfigError("calibration needs at least one image")
-    return graph_inputs[0].name, dims[0] or 0
+    names = [i.name for i in graph_inputs]
+    if isinstance(calibration, Mapping):
+        given = dict(calibration)
+        if sorted(given) != sorted(names):
+            raise ConfigError(f"calibration has inputs {sorted(given)}; the graph takes "
+                              f"{sorted(names)}")
+    elif len(graph_inputs) == 1:
+        given = {names[0]: calibration}
+    else:
+        raise ConfigError(f"this graph has inputs {names}: pass calibration as a dict of "
+                          "arrays by input name")
+    counts, fixed = set(), 0
+    for graph_input in graph_inputs:
+        array = given[graph_input.name]
+        tensor_type = graph_input.type.tensor_type
+        want = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        if not isinstance(array, np.ndarray) or array.dtype != want:
+            images = " of normalized images" if want == np.float32 else ""
+            raise ConfigError(f"calibration {graph_input.name!r} must be a {want} numpy array "
+                              f"(N x ...){images}")
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+        if array.ndim != len(dims) or any(
+                d is not None and d != s for d, s in zip(dims[1:], array.shape[1:],
+                                                         strict=True)):
+            want_shape = " x ".join("N" if d is None else str(d) for d in dims)
+            raise ShapeError(f"calibration {graph_input.name!r} must have shape {want_shape}, "
+                             f"got {' x '.join(map(str, array.shape))}")
+        counts.add(len(array))
+        fixed = fixed or (dims[0] or 0)
+    if len(counts) > 1:
+        raise ConfigError(f"the calibration inputs hold different numbers of samples "
+                          f"{sorted(counts)}")
+    count = counts.pop()
+    if count == 0:
+        raise ConfigError("calibration needs at least one image (sample)")
+    return given, count, fixed
 
 
 def runtime_ops(model: bytes, optimization: str = "all") -> dict[str, int]:
@@ -147,14 +171,16 @@ def _node_report(float_model: onnx.ModelProto, quant_model: onnx.ModelProto,
     return dict(quantized), fp32
 
 
-def quantize_onnx_int8(onnx_model: bytes, calibration: np.ndarray, *, method: str = "minmax",
+def quantize_onnx_int8(onnx_model: bytes, calibration: np.ndarray | Mapping[str, np.ndarray],
+                       *, method: str = "minmax",
                        per_channel: bool = True, quant_format: str = "qdq",
                        activation_type: str = "uint8", weight_type: str = "int8",
                        reduce_range: bool = True, percentile: float = 99.999,
                        exclude_op_types: Sequence[str] = (), preprocess: bool = True,
                        batch_size: int = 64) -> tuple[bytes, dict[str, Any]]:
     """Static int8 quantization of a float ONNX model, calibrated on ``calibration``
-    (float32 images, N x C x H x W, normalized as in training).
+    (float32 images, N x C x H x W, normalized as in training; for a graph with several
+    inputs, a dict of arrays by input name, each of its input's dtype).
 
     ``method``: ``minmax``, ``percentile`` (``percentile`` of |x|) or ``entropy`` (KL
     divergence) calibration of the activation ranges. ``quant_format`` ``qdq`` (the default;
@@ -182,20 +208,20 @@ def quantize_onnx_int8(onnx_model: bytes, calibration: np.ndarray, *, method: st
         float_model = onnx.load_from_string(onnx_model)
     except Exception:  # protobuf's DecodeError and friends
         raise ExportError("the bytes to quantize are not a serialized ONNX model") from None
-    input_name, fixed_batch = _check_calibration(float_model, calibration)
+    inputs, count, fixed_batch = _check_calibration(float_model, calibration)
     if fixed_batch:  # a graph with a fixed batch size takes only whole batches
         batch = fixed_batch
-        usable = len(calibration) - len(calibration) % batch
+        usable = count - count % batch
     else:
         # Equal batches: onnxruntime's histogram calibrators (percentile, entropy) stack the
         # batches of a tensor and fail on a shorter last one.
-        usable = len(calibration)
+        usable = count
         batch = max(d for d in range(1, min(max(1, batch_size), usable) + 1) if usable % d == 0) \
             if usable else 1
     if usable == 0:
         raise ConfigError(f"the model takes batches of {batch}; pass at least {batch} "
                           "calibration images")
-    images = np.ascontiguousarray(calibration[:usable])
+    inputs = {name: np.ascontiguousarray(x[:usable]) for name, x in inputs.items()}
     excluded = frozenset(exclude_op_types)
     report: dict[str, Any] = {
         "method": method, "quant_format": quant_format.upper() if quant_format == "qdq"
@@ -234,7 +260,7 @@ def quantize_onnx_int8(onnx_model: bytes, calibration: np.ndarray, *, method: st
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 quantize_static(
-                    str(to_quantize_from), str(out), _Batches(input_name, images, batch),
+                    str(to_quantize_from), str(out), _Batches(inputs, usable, batch),
                     quant_format=QUANT_FORMATS[quant_format], op_types_to_quantize=to_quantize,
                     per_channel=per_channel, reduce_range=reduce_range,
                     activation_type=QUANT_TYPES[activation_type],

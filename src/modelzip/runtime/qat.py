@@ -33,7 +33,7 @@ from modelzip.data import ImageDataset
 from modelzip.errors import ConfigError
 from modelzip.prune.masks import MaskKeeper
 from modelzip.registry import Context, register_technique
-from modelzip.train import TrainConfig, fit
+from modelzip.train import TrainConfig
 
 __all__ = ["FakeQuantizers", "Int8QatConfig", "Int8Result", "fake_quant_activation",
            "fake_quant_weight", "int8_qat", "int8_with_qat_fallback"]
@@ -171,7 +171,7 @@ class Int8QatConfig:
             raise ConfigError(f"int8-qat: momentum must be in (0, 1], got {self.momentum}")
 
 
-@register_technique("int8-qat", Int8QatConfig)
+@register_technique("int8-qat", Int8QatConfig, kind="export")
 def int8_qat(model: nn.Module, config: Int8QatConfig, ctx: Context) -> nn.Module:
     """Fine-tune with fake int8 quantization (straight-through) so that static int8 loses
     less; the model stays a float model with the same layers. Pruned weights stay zero."""
@@ -187,7 +187,8 @@ def int8_qat(model: nn.Module, config: Int8QatConfig, ctx: Context) -> nn.Module
                         momentum=config.momentum) as fq:
         masks = {fq.parameter_name(name): mask for name, mask in ctx.masks.items()}
         with MaskKeeper(model, masks) as keeper:
-            hist = fit(model, train, cfg, step_callbacks=[keeper], progress=ctx.progress)
+            hist = ctx.train(model, cfg, data=train, step_callbacks=[keeper],
+                             technique="int8-qat", validate=False)
         ranges = {name: [obs.lo, obs.hi] for name, obs in fq.observers.items()}
     ctx.records.append({"step": "int8-qat", "epochs": cfg.epochs, "lr": cfg.lr,
                         "images": len(train), "reduce_range": config.reduce_range,

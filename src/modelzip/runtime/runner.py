@@ -1,13 +1,21 @@
-"""The on-board runner: decode a .mzip that carries an ONNX graph and run it on images with
-onnxruntime.
+"""The on-board runner: decode a .mzip that carries an ONNX graph and run it with onnxruntime.
 
-    modelzip run FILE.mzip --input images.npy [--output preds.npy] [--threads 1]
+    modelzip run FILE.mzip --input inputs.npy [--output preds.npy] [--threads 1]
                  [--batch-size N] [--logits]
 
 Its import closure is numpy, onnxruntime and modelzip's decoder: no torch, no onnx, no CLI
 framework (``modelzip.entry`` dispatches ``run`` here without importing ``modelzip.cli``).
 The artifact is read and checked (checksums) and the input is validated before any inference;
 user errors print one ``error: ...`` line and exit with code 2.
+
+Inputs: an array of the graph input's own dtype and shape (batch first): normalized float32
+images, int64 token ids, ... (integers are also taken in a narrower integer dtype, converted
+losslessly). An image model packed with its dataset's mean/std also takes uint8 images, which
+are normalized here; and it refuses float32 images that still look like raw pixels (values
+far above what the stored statistics allow, or whole numbers 0..255), since running them
+would give confident nonsense. A graph with several inputs (a text encoder's ``input_ids``
+and ``attention_mask``) takes a dict of arrays by input name (on the command line: an .npz
+archive holding one array per input, written with ``numpy.savez``).
 """
 
 from __future__ import annotations
@@ -17,21 +25,25 @@ import io
 import os
 import sys
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from modelzip.errors import ConfigError, DataError, ModelzipError, ShapeError
 from modelzip.runtime.onnx_artifact import (
+    InputSpec,
     OnnxPackage,
     build_session,
     input_spec_text,
     load_onnx_package,
 )
 
-__all__ = ["Runner", "load_images", "main", "normalize_uint8", "prepare_input"]
+__all__ = ["Runner", "check_normalized", "load_images", "load_inputs", "main", "normalize_uint8",
+           "prepare_input", "prepare_inputs"]
 
 DEFAULT_BATCH_SIZE = 64
+RAW_PIXEL_LIMIT = 20.0  # float32 values above this are not normalized images (see below)
 
 
 # ---------------------------------------------------------------------------- input arrays
@@ -39,47 +51,159 @@ def normalize_uint8(images: np.ndarray, mean: tuple[float, ...], std: tuple[floa
                     ) -> np.ndarray:
     """uint8 images (N, C, H, W) -> float32 scaled to [0, 1] and standardized per channel, in
     the same float32 operations as ``ImageDataset.normalize`` (so results match it exactly)."""
-    shape = (1, -1, 1, 1)
+    shape = (1, -1) + (1,) * (images.ndim - 2)
     m = np.asarray(mean, dtype=np.float32).reshape(shape)
     s = np.asarray(std, dtype=np.float32).reshape(shape)
     return (images.astype(np.float32) / np.float32(255.0) - m) / s
 
 
+def _fits(shape: tuple[int, ...], expected: tuple[int | None, ...]) -> bool:
+    """Whether a per-sample shape matches the graph's (None: any size)."""
+    return len(shape) == len(expected) and all(
+        e is None or s == e for s, e in zip(shape, expected, strict=True))
+
+
+def check_normalized(images: np.ndarray, package: OnnxPackage) -> None:
+    """Refuse float32 images that look un-normalized for a model that records its training
+    mean/std: normalized images lie within [(0 - mean) / std, (1 - mean) / std] per channel, so
+    values above ``max(20, 2 x that maximum)``, or whole numbers in 0..255 reaching above 1.5,
+    are raw pixels (or images scaled some other way)."""
+    if package.mean is None or images.size == 0:
+        return
+    mean = np.asarray(package.mean, dtype=np.float64)
+    std = np.asarray(package.std, dtype=np.float64)
+    lo, hi = float(np.min(-mean / std)), float(np.max((1.0 - mean) / std))
+    top, bottom = float(np.max(images)), float(np.min(images))
+    raw = top > max(RAW_PIXEL_LIMIT, 2.0 * hi)
+    if not raw and 1.5 < top <= 255.0 and bottom >= 0.0:
+        raw = bool(np.array_equal(images, np.rint(images)))  # whole numbers: pixel values
+    if raw:
+        raise DataError(
+            f"the float32 input looks un-normalized (values {bottom:g}..{top:g}), but this "
+            f"model takes images normalized with its stored mean/std (values within "
+            f"{lo:.2f}..{hi:.2f}): pass uint8 images, which the runner normalizes itself, or "
+            "floats normalized as in training, (pixels / 255 - mean) / std")
+
+
+def _as_graph_dtype(array: np.ndarray, item: InputSpec) -> np.ndarray | None:
+    """``array`` in the input's dtype when it has it, or when it is an integer array that
+    converts losslessly to the input's integer dtype; None otherwise."""
+    want = np.dtype(item.dtype)
+    if array.dtype == want:
+        return array
+    if array.dtype.kind in "iu" and want.kind in "iu" and np.can_cast(array.dtype, want,
+                                                                       casting="safe"):
+        return array.astype(want)
+    return None
+
+
 def prepare_input(images: np.ndarray, package: OnnxPackage) -> np.ndarray:
-    """Check ``images`` against what the graph expects and return the array to feed it:
-    the graph's own dtype and shape (N, C, H, W) as is, or uint8 images (N, C, H, W), (N, H, W)
-    for one channel, or (N, H, W, C), normalized with the stored mean/std. Raises ShapeError
-    naming the expected shapes otherwise."""
+    """Check the input of a one-input graph against what it expects and return the array to
+    feed it: the graph's own dtype and shape as is (a float32 one also checked by
+    ``check_normalized``), a narrower integer dtype converted, or uint8 images (N, C, H, W),
+    (N, H, W) for one channel, or (N, H, W, C), normalized with the stored mean/std. Raises
+    ShapeError naming the expected shapes otherwise."""
     spec = package.spec
+    if len(spec.inputs) != 1:
+        raise ShapeError(f"this model takes {len(spec.inputs)} inputs: "
+                         f"{input_spec_text(spec)}; pass a dict of arrays by input name")
     per_sample = spec.input_shape
     expected = input_spec_text(spec, package)
     got = f"input has shape {tuple(images.shape)} and dtype {images.dtype}"
     if images.ndim == 0 or images.shape[0] == 0:
         raise ShapeError(f"{got}: no images; this model expects {expected}")
-    if images.dtype == np.dtype(spec.input_dtype) and images.shape[1:] == per_sample:
-        return np.ascontiguousarray(images)
+    if _fits(images.shape[1:], per_sample):
+        converted = _as_graph_dtype(images, spec.inputs[0])
+        if converted is not None:
+            if converted.dtype == np.float32:
+                check_normalized(converted, package)
+            return np.ascontiguousarray(converted)
     if images.dtype == np.uint8 and package.mean is not None and spec.input_dtype == "float32":
         c, *hw = per_sample
-        if images.shape[1:] == per_sample:
+        if _fits(images.shape[1:], per_sample):
             nchw = images
-        elif c == 1 and images.shape[1:] == tuple(hw):
+        elif c == 1 and _fits(images.shape[1:], tuple(hw)):
             nchw = images[:, None]
-        elif c > 1 and images.shape[1:] == (*hw, c):
+        elif c is not None and c > 1 and len(hw) == 2 and _fits(images.shape[1:], (*hw, c)):
             nchw = images.transpose(0, 3, 1, 2)
         else:
             raise ShapeError(f"{got}; this model expects {expected}")
         return np.ascontiguousarray(normalize_uint8(nchw, package.mean, package.std))
-    if images.dtype == np.uint8 and package.mean is None:
+    if images.dtype == np.uint8 and package.mean is None and spec.input_dtype == "float32":
         raise ShapeError(f"{got}; this model expects {expected}. It stores no mean/std, so "
                          "uint8 images cannot be normalized here: pass normalized float32")
     raise ShapeError(f"{got}; this model expects {expected}")
 
 
+def prepare_inputs(inputs: np.ndarray | Mapping[str, np.ndarray], package: OnnxPackage
+                   ) -> dict[str, np.ndarray]:
+    """The feeds of every graph input, checked: an array for a one-input graph (see
+    ``prepare_input``), or a dict of arrays by input name (each of its input's dtype, or a
+    narrower integer one, and shape; all with the same batch size)."""
+    spec = package.spec
+    if not isinstance(inputs, Mapping):
+        if not isinstance(inputs, np.ndarray):
+            raise ShapeError(f"the input must be a numpy array or a dict of them, got "
+                             f"{type(inputs).__name__}")
+        return {spec.input_name: prepare_input(inputs, package)}
+    names = [i.name for i in spec.inputs]
+    if sorted(inputs) != sorted(names):
+        raise ShapeError(f"the inputs are named {sorted(inputs)}; this model takes "
+                         f"{input_spec_text(spec)}")
+    if len(names) == 1:
+        return {names[0]: prepare_input(np.asarray(inputs[names[0]]), package)}
+    feeds, batch = {}, None
+    for item in spec.inputs:
+        array = np.asarray(inputs[item.name])
+        got = f"input {item.name!r} has shape {tuple(array.shape)} and dtype {array.dtype}"
+        converted = _as_graph_dtype(array, item) if array.ndim else None
+        if converted is None or not _fits(array.shape[1:], item.shape):
+            raise ShapeError(f"{got}; this model expects {input_spec_text(spec)}")
+        if batch is None:
+            batch = len(array)
+        if len(array) != batch or batch == 0:
+            raise ShapeError(f"{got}: {'no samples' if batch == 0 else 'another batch size'}"
+                             f"; this model expects {input_spec_text(spec)}")
+        feeds[item.name] = np.ascontiguousarray(converted)
+    return feeds
+
+
 def load_images(path: str | os.PathLike[str]) -> np.ndarray:
     """Read a .npy file (never unpickling) and return its array."""
+    data = _load(Path(path))
+    if isinstance(data, np.lib.npyio.NpzFile):
+        data.close()
+        raise DataError(f"{path}: is an .npz archive; pass one array saved with numpy.save")
+    return data
+
+
+def load_inputs(path: str | os.PathLike[str], names: list[str] | tuple[str, ...]
+                ) -> np.ndarray | dict[str, np.ndarray]:
+    """The input of a graph whose inputs are ``names``: one array from a .npy file for a
+    one-input graph; for several inputs, the arrays of an .npz archive by input name."""
     path = Path(path)
+    if len(names) == 1:
+        return load_images(path)
+    data = _load(path)
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: holds one array, but this model takes {len(names)} inputs "
+                        f"({', '.join(names)}); pass an .npz archive with one array per input "
+                        "(numpy.savez)")
+    with data:
+        missing = [n for n in names if n not in data.files]
+        if missing:
+            raise DataError(f"{path}: the archive holds {sorted(data.files)}; this model "
+                            f"takes {', '.join(names)} (missing: {', '.join(missing)})")
+        try:
+            return {n: data[n] for n in names}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise DataError(f"{path}: not a readable .npz archive ({exc}); save plain "
+                            "numeric arrays with numpy.savez") from None
+
+
+def _load(path: Path) -> np.ndarray | np.lib.npyio.NpzFile:
     try:
-        data = np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise DataError(f"{path}: input file not found") from None
     except IsADirectoryError:
@@ -87,10 +211,6 @@ def load_images(path: str | os.PathLike[str]) -> np.ndarray:
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable .npy array ({exc}); save the images with "
                         "numpy.save as a plain numeric array") from None
-    if isinstance(data, np.lib.npyio.NpzFile):
-        data.close()
-        raise DataError(f"{path}: is an .npz archive; pass one array saved with numpy.save")
-    return data
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
@@ -132,29 +252,32 @@ class Runner:
     def classes(self) -> tuple[str, ...] | None:
         return self.package.classes
 
-    def logits(self, images: np.ndarray, *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
-        """The graph's output for ``images`` (validated and normalized by ``prepare_input``),
-        run ``batch_size`` images at a time (the graph's own batch size when it is fixed)."""
+    def logits(self, inputs: np.ndarray | Mapping[str, np.ndarray], *,
+               batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """The graph's (first) output for ``inputs`` (validated and normalized by
+        ``prepare_inputs``), run ``batch_size`` samples at a time (the graph's own batch size
+        when it is fixed)."""
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-        x = prepare_input(images, self.package)
+        feeds = prepare_inputs(inputs, self.package)
+        total = len(next(iter(feeds.values())))
         fixed = self.spec.batch
         step = fixed or batch_size
         outputs = []
-        for start in range(0, len(x), step):
-            chunk = x[start:start + step]
-            n = len(chunk)
+        for start in range(0, total, step):
+            chunk = {name: x[start:start + step] for name, x in feeds.items()}
+            n = min(step, total - start)
             if fixed and n < fixed:  # a fixed-batch graph: pad the last batch, drop the padding
-                pad = np.zeros((fixed - n, *chunk.shape[1:]), dtype=chunk.dtype)
-                chunk = np.concatenate([chunk, pad])
-            out = self.session.run([self.spec.output_name], {self.spec.input_name: chunk})[0]
+                chunk = {name: np.concatenate([x, np.zeros((fixed - n, *x.shape[1:]), x.dtype)])
+                         for name, x in chunk.items()}
+            out = self.session.run([self.spec.output_name], chunk)[0]
             outputs.append(out[:n])
         return np.concatenate(outputs)
 
-    def predict(self, images: np.ndarray, *, batch_size: int = DEFAULT_BATCH_SIZE
-                ) -> tuple[np.ndarray, np.ndarray]:
-        """(class indices (N,) int64, logits)."""
-        logits = self.logits(images, batch_size=batch_size)
+    def predict(self, inputs: np.ndarray | Mapping[str, np.ndarray], *,
+                batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
+        """(class indices (N,) int64: the argmax of each sample's output, logits)."""
+        logits = self.logits(inputs, batch_size=batch_size)
         return logits.reshape(len(logits), -1).argmax(axis=1).astype(np.int64), logits
 
 
@@ -162,12 +285,14 @@ class Runner:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="modelzip run",
-        description="Run a .mzip that carries an ONNX graph on images with onnxruntime "
-                    "(no torch). Pack one with: modelzip pack-onnx CHECKPOINT -o FILE.mzip")
+        description="Run a .mzip that carries an ONNX graph with onnxruntime (no torch). "
+                    "Pack one with: modelzip pack-onnx CHECKPOINT -o FILE.mzip")
     p.add_argument("artifact", type=Path, help=".mzip file packed with its ONNX graph")
     p.add_argument("--input", required=True, type=Path,
-                   help="images as a .npy array: normalized float32 (N, C, H, W), or uint8 "
-                        "images when the artifact stores the dataset mean/std")
+                   help="a .npy array of the graph's input: e.g. normalized float32 images "
+                        "(N, C, H, W), or uint8 images when the artifact stores the dataset "
+                        "mean/std; for a graph with several inputs, an .npz archive with one "
+                        "array per input name")
     p.add_argument("--output", type=Path, default=None,
                    help="write the predicted class indices (N,) int64 to this .npy file "
                         "(with --logits: the logits) instead of printing one line per image")
@@ -185,8 +310,8 @@ def _run(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     runner = Runner.from_file(args.artifact, threads=args.threads)
-    images = load_images(args.input)
-    preds, logits = runner.predict(images, batch_size=args.batch_size)
+    inputs = load_inputs(args.input, [i.name for i in runner.spec.inputs])
+    preds, logits = runner.predict(inputs, batch_size=args.batch_size)
     classes = runner.classes
     if args.output is not None:
         _save_npy_atomic(args.output, logits if args.logits else preds)
