@@ -173,7 +173,7 @@ def test_auto_structured_meets_the_flops_target(trained) -> None:
     model, val = trained
     assert get_technique("auto-structured").config_cls is AutoStructuredConfig
     ctx = Context(val_data=val, progress=False)
-    config = AutoStructuredConfig(flops=0.5, levels=(0.25, 0.5, 0.75), val_images=300)
+    config = AutoStructuredConfig(flops_kept=0.5, levels=(0.25, 0.5, 0.75), val_images=300)
     pruned = apply_technique(model, config, ctx)
     assert count_macs(pruned)[1] <= 0.5 * count_macs(model)[1]
     auto, l1 = ctx.records[-2], ctx.records[-1]
@@ -186,12 +186,12 @@ def test_auto_structured_meets_the_flops_target(trained) -> None:
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({}, "exactly one target"),
-    ({"flops": 0.5, "sparsity": 0.5}, "exactly one target"),
-    ({"flops": 1.5}, "flops must be in \\(0, 1\\)"),
+    ({"flops_kept": 0.5, "sparsity": 0.5}, "exactly one target"),
+    ({"flops_kept": 1.5}, "flops_kept must be in \\(0, 1\\)"),
     ({"sparsity": 0.5, "max_ratio": 1.0}, "max_ratio must be in \\(0, 1\\)"),
-    ({"flops": 0.5, "criterion": "l0"}, "criterion must be one of"),
-    ({"flops": 0.5, "levels": (0.5, 0.5)}, "increasing values"),
-    ({"flops": 0.5, "val_images": 5}, "val_images must be >= 10"),
+    ({"flops_kept": 0.5, "criterion": "l0"}, "criterion must be one of"),
+    ({"flops_kept": 0.5, "levels": (0.5, 0.5)}, "increasing values"),
+    ({"flops_kept": 0.5, "val_images": 5}, "val_images must be >= 10"),
 ])
 def test_auto_structured_config_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

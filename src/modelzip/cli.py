@@ -128,12 +128,13 @@ def eval_(
     data: Annotated[Path | None, typer.Option(help="folder holding the dataset")] = None,
     split: str = "test",
     model: ModelOpt = None,
+    model_arg: ModelArgOpt = None,
 ) -> None:
     """Evaluate a checkpoint on a full dataset split."""
     from modelzip.data import load_dataset
     from modelzip.train import evaluate
 
-    ckpt = _load_checkpoint(checkpoint, model)
+    ckpt = _load_checkpoint(checkpoint, model, model_arg)
     name = dataset or ckpt.meta.get("dataset", {}).get("name")
     if not name:
         raise ModelzipError(f"{checkpoint}: the checkpoint does not record its dataset; "
@@ -152,6 +153,7 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")
                        ] = False,
     model: ModelOpt = None,
+    model_arg: ModelArgOpt = None,
     input_shape: Annotated[str | None, typer.Option(
         help="per-sample input shape of a user model, e.g. 3,64,64 (zoo models know it)")
                            ] = None,
@@ -161,11 +163,12 @@ def inspect(
     from modelzip.metrics import measure, render_profile
 
     if _is_artifact(path):
-        _inspect_artifact(path, latency=latency, as_json=as_json, model=model)
+        _inspect_artifact(path, latency=latency, as_json=as_json, model=model,
+                          model_arg=model_arg)
         return
-    ckpt = _load_checkpoint(path, model)
-    shape = _parse_shape(input_shape) or tuple(ckpt.meta["model"].get("input_shape") or ()) \
-        or None
+    ckpt = _load_checkpoint(path, model, model_arg)
+    shape = (_parse_shape(input_shape) or tuple(ckpt.meta["model"].get("input_shape") or ())
+             or tuple((ckpt.meta.get("dataset") or {}).get("input_shape") or ()) or None)
     m = measure(ckpt.model, shape, latency=latency)
     if as_json:
         print(json.dumps(m.to_dict(), indent=2))
@@ -201,7 +204,7 @@ def _parse_shape(text: str | None) -> tuple[int, ...] | None:
 
 
 def _inspect_artifact(path: Path, *, latency: bool, as_json: bool,
-                      model: str | None = None) -> None:
+                      model: str | None = None, model_arg: list[str] | None = None) -> None:
     from rich.table import Table
 
     from modelzip.codec.artifact import load_artifact_bytes, summarize_artifact
@@ -247,7 +250,8 @@ def _inspect_artifact(path: Path, *, latency: bool, as_json: bool,
         from modelzip.metrics import measure, render_profile
 
         record = summarize_artifact(load_artifact_bytes(path))["model"] or {}
-        net = unpack_file(path, model=_skeleton(model, record.get("kwargs")))
+        kwargs = _builder_kwargs(record.get("kwargs"), model_arg)
+        net = unpack_file(path, model=_skeleton(model, kwargs))
         shape = tuple(record.get("input_shape") or ()) or None
         con.print(render_profile(measure(net, shape, latency=True), f"{path} unpacked"))
 
@@ -259,12 +263,13 @@ def pack(
     coder: Annotated[str, typer.Option(help="entropy coder: best (smallest of all), "
                                             "huffman, rans or raw")] = "best",
     model: ModelOpt = None,
+    model_arg: ModelArgOpt = None,
 ) -> None:
     """Pack a checkpoint into a .mzip artifact: sparse index and entropy-coded values,
     checksummed; unpacks bit-exactly."""
     from modelzip.codec.model import pack_file
 
-    ckpt = _load_checkpoint(checkpoint, model)
+    ckpt = _load_checkpoint(checkpoint, model, model_arg)
     meta = {k: ckpt.meta[k] for k in ("dataset", "metrics") if ckpt.meta.get(k)}
     pack_file(ckpt.model, out, coder=coder, meta=meta)
     size = out.stat().st_size
@@ -278,6 +283,7 @@ def unpack(
     path: Annotated[Path, typer.Argument(help=".mzip file")],
     out: Annotated[Path, typer.Option("-o", "--out", help="checkpoint folder to write")],
     model: ModelOpt = None,
+    model_arg: ModelArgOpt = None,
     force: Annotated[bool, typer.Option("--force", help="replace a checkpoint in --out")
                      ] = False,
 ) -> None:
@@ -288,27 +294,28 @@ def unpack(
 
     artifact = read_artifact_file(path)
     record = artifact.model if isinstance(artifact.model, dict) else {}
-    skeleton = _skeleton(model, record.get("kwargs"))
+    skeleton = _skeleton(model, _builder_kwargs(record.get("kwargs"), model_arg))
     net = model_from_artifact(artifact, str(path), model=skeleton)
-    save_checkpoint(net, out, dataset=artifact.meta.get("dataset"),
+    dataset = artifact.meta.get("dataset")
+    save_checkpoint(net, out, dataset=dataset if isinstance(dataset, dict) else None,
                     metrics=artifact.meta.get("metrics"), force=force)
     _console().print(f"unpacked {path} ({len(artifact.tensors)} tensors) to {out}",
                      soft_wrap=True)
 
 
-def _parse_sets(pairs: list[str] | None) -> dict:
-    """--set key=value pairs; values are read as YAML (numbers, lists, mappings)."""
+def _parse_sets(pairs: list[str] | None, option: str = "--set") -> dict:
+    """KEY=VALUE pairs; values are read as YAML (numbers, lists, mappings)."""
     import yaml
 
     out = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ModelzipError(f"--set expects KEY=VALUE, got {pair!r}")
+            raise ModelzipError(f"{option} expects KEY=VALUE, got {pair!r}")
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
-            raise ModelzipError(f"--set {key}: cannot read value {value!r}") from None
+            raise ModelzipError(f"{option} {key}: cannot read value {value!r}") from None
     return out
 
 
@@ -365,7 +372,8 @@ def _run_steps(checkpoint: Path, out: Path, steps, finetune_defaults: dict, *,
                dataset: str | None, data: Path | None, finetune_epochs: int | None,
                lr: float | None, progress: bool, recipe_name: str,
                pack_coder: str | None = None, pack: dict | None = None,
-               model: str | None = None, force: bool = False) -> None:
+               model: str | None = None, model_arg: list[str] | None = None,
+               force: bool = False) -> None:
     """Compress through ``modelzip.compress``; save the result as a checkpoint in ``out`` and,
     with a pack step, the artifact ``out/model.mzip``, whose read-back model is the one
     evaluated for the "after" row."""
@@ -376,7 +384,7 @@ def _run_steps(checkpoint: Path, out: Path, steps, finetune_defaults: dict, *,
     if out.exists() and any(out.iterdir()) and not force:
         raise ModelzipError(f"{out} exists and is not empty; pass --force to replace what "
                             "it holds, or choose another --out")
-    ckpt = _load_checkpoint(checkpoint, model)
+    ckpt = _load_checkpoint(checkpoint, model, model_arg)
     ctx = _context(ckpt, dataset, data, finetune_epochs, lr, progress)
     pack_settings = pack if pack is not None else (
         {"coder": pack_coder} if pack_coder is not None else None)
@@ -389,7 +397,8 @@ def _run_steps(checkpoint: Path, out: Path, steps, finetune_defaults: dict, *,
     saved = result.model if result.artifact_kind == "state-dict" or artifact is None \
         else None
     if saved is not None:
-        save_checkpoint(saved, out, dataset=ckpt.meta.get("dataset"),
+        save_checkpoint(saved, out,
+                        dataset=ckpt.meta.get("dataset") or _dataset_meta(ctx.train_data),
                         training=ckpt.meta.get("training"),
                         metrics=_metrics(result.test_error_after),
                         extra={"compression": {"source": str(checkpoint),
@@ -421,6 +430,13 @@ def _metrics(result) -> dict:
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", help="your model's builder, MODULE:FUNCTION (e.g. mypkg.nets:build_net), or a "
                     "zoo name: the skeleton the recorded changes and weights are put into")]
+ModelArgOpt = Annotated[list[str] | None, typer.Option(
+    "--model-arg", help="a keyword argument of the --model builder, KEY=VALUE (repeatable; "
+                        "overrides the one a checkpoint or artifact records)")]
+
+
+def _builder_kwargs(recorded: dict | None, pairs: list[str] | None) -> dict:
+    return {**(recorded or {}), **_parse_sets(pairs, "--model-arg")}
 
 
 def _skeleton(model: str | None, kwargs: dict | None = None):
@@ -438,7 +454,7 @@ def _skeleton(model: str | None, kwargs: dict | None = None):
     return build_from_target(model, kwargs)
 
 
-def _load_checkpoint(path: Path, model: str | None = None):
+def _load_checkpoint(path: Path, model: str | None = None, model_arg: list[str] | None = None):
     """A checkpoint folder, or a user's weights as a .safetensors file; ``--model`` builds the
     skeleton of a user's model (with the builder arguments the checkpoint records)."""
     from modelzip.checkpoint import Checkpoint, _read_meta, load_checkpoint, load_state
@@ -448,14 +464,15 @@ def _load_checkpoint(path: Path, model: str | None = None):
         if model is None:
             raise ModelzipError(f"{path}: plain weights need the model they belong to; pass "
                                 "--model MODULE:FUNCTION (or a zoo name)")
-        net = _skeleton(model)
+        kwargs = _builder_kwargs({}, model_arg)
+        net = _skeleton(model, kwargs)
         load_into(net, load_state(path)[0], source=str(path))
         return Checkpoint(model=net.eval(), path=path, meta={
-            "model": {"name": model, "kwargs": {}}, "dataset": {}, "training": {}})
+            "model": {"name": model, "kwargs": kwargs}, "dataset": {}, "training": {}})
     if model is None:
         return load_checkpoint(path)
     recorded = (_read_meta(path).get("model") or {}).get("kwargs") or {}
-    return load_checkpoint(path, model=_skeleton(model, recorded))
+    return load_checkpoint(path, model=_skeleton(model, _builder_kwargs(recorded, model_arg)))
 
 
 @app.command()
@@ -530,6 +547,7 @@ def compress(
                                              "recipe (e.g. deep-compression)")],
     out: Annotated[Path, typer.Option("-o", "--out", help="checkpoint folder to write")],
     model: ModelOpt = None,
+    model_arg: ModelArgOpt = None,
     dataset: Annotated[str | None, typer.Option(help="default: the checkpoint's")] = None,
     data: Annotated[Path | None, typer.Option(help="folder holding the dataset")] = None,
     force: Annotated[bool, typer.Option("--force", help="replace what --out holds")] = False,
@@ -544,7 +562,7 @@ def compress(
     rec = _recipe(recipe)
     _run_steps(checkpoint, out, list(rec.steps), rec.finetune, dataset=dataset, data=data,
                finetune_epochs=None, lr=None, progress=progress, recipe_name=rec.name,
-               pack=rec.pack, model=model, force=force)
+               pack=rec.pack, model=model, model_arg=model_arg, force=force)
 
 
 @app.command()
@@ -836,6 +854,7 @@ def pack_onnx(
     dataset: Annotated[str | None, typer.Option(help="default: the checkpoint's")] = None,
     data: Annotated[Path | None, typer.Option(help="folder holding the dataset")] = None,
     model: ModelOpt = None,
+    model_arg: ModelArgOpt = None,
     force: Annotated[bool, typer.Option("--force", help="replace --out")] = False,
 ) -> None:
     """Pack a checkpoint with its ONNX graph (fp32 or --int8), or an .onnx file as it is, for
@@ -857,7 +876,7 @@ def pack_onnx(
         return
     from modelzip.runtime.onnx_artifact import pack_model_onnx
 
-    ckpt = _load_checkpoint(source, model)
+    ckpt = _load_checkpoint(source, model, model_arg)
     ds_meta = ckpt.meta.get("dataset") or {}
     meta = {k: ds_meta[k] for k in ("mean", "std", "classes") if ds_meta.get(k)}
     meta.update(model=ckpt.meta["model"].get("name", "model"), dataset=ds_meta.get("name"),

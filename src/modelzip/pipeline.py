@@ -181,6 +181,10 @@ def _pack(model: nn.Module, original: nn.Module, recipe: Any, ctx: Context,
     if fmt == "onnx":
         from modelzip.runtime.onnx_artifact import pack_model_onnx
 
+        # the runner normalises uint8 images itself with these, and names the classes
+        dataset = meta.get("dataset", {})
+        meta = {**{k: dataset[k] for k in ("mean", "std", "classes") if k in dataset},
+                "model": _model_name(model), "dataset": dataset.get("name")}
         calibration = None
         if settings.get("int8"):
             calib = ctx.require("calibration_data", "pack (int8)")
@@ -198,6 +202,13 @@ def _pack(model: nn.Module, original: nn.Module, recipe: Any, ctx: Context,
     return blob, unpack(blob, model=fresh), "state-dict"
 
 
+def _model_name(model: nn.Module) -> str:
+    from modelzip.core.builders import source_of
+
+    source = source_of(model) or {}
+    return str(source.get("zoo") or source.get("builder") or type(model).__name__)
+
+
 def _as_arrays(inputs: Any) -> Any:
     """Calibration inputs as the int8 quantizer takes them: one array, or a dict of arrays by
     the graph's input names (the model's keyword names)."""
@@ -209,14 +220,19 @@ def _as_arrays(inputs: Any) -> Any:
                       f"got {type(inputs).__name__}")
 
 
-def _artifact_meta(data: Any) -> dict[str, Any]:
-    meta: dict[str, Any] = {}
+def _artifact_meta(data: Any, example_inputs: Any) -> dict[str, Any]:
+    """What the artifact says about its data: the dataset (name, normalisation, classes,
+    per-sample input shape) as far as the data tells."""
+    dataset: dict[str, Any] = {}
+    if hasattr(data, "name"):
+        dataset["name"] = data.name
     for key in ("mean", "std", "classes"):
         if hasattr(data, key):
-            meta[key] = list(getattr(data, key))
-    if hasattr(data, "name"):
-        meta["dataset"] = data.name
-    return meta
+            dataset[key] = list(getattr(data, key))
+    shape = _input_shape(example_inputs)
+    if shape:
+        dataset["input_shape"] = list(shape)
+    return {"dataset": dataset} if dataset else {}
 
 
 def compress(model: nn.Module, recipe: Any, *, data: Any = None, val_data: Any = None,
@@ -255,7 +271,8 @@ def compress(model: nn.Module, recipe: Any, *, data: Any = None, val_data: Any =
     from modelzip.recipe import run_recipe
 
     compressed = run_recipe(model, recipe, ctx)
-    meta = _artifact_meta(ctx.train_data if ctx.train_data is not None else ctx.test_data)
+    meta = _artifact_meta(ctx.train_data if ctx.train_data is not None else ctx.test_data,
+                          ctx.example_inputs)
     blob, read_back, kind = _pack(compressed, model, recipe, ctx, skeleton, meta)
     if out_path is not None:
         write_atomic(out_path, blob)

@@ -411,12 +411,13 @@ class AutoStructuredConfig:
     """Sensitivity-driven filter pruning: per-layer ratios from channel sensitivity on the
     context's validation data (see the module docstring), then ``l1-filter`` with them.
 
-    Exactly one target: ``flops`` (fraction of MACs to keep, e.g. 0.5) or ``sparsity``
-    (fraction of parameters to remove). ``levels``: channel ratios measured per group;
+    Exactly one target: ``flops_kept`` (fraction of MACs to keep, e.g. 0.5; the name says
+    "kept" because ``sparsity`` and ``l1-filter``'s ``ratio`` say what is removed) or
+    ``sparsity`` (fraction of parameters to remove). ``levels``: channel ratios measured per group;
     ``max_ratio``: no group loses more; ``val_images``: how many validation images measure
     the accuracy (a seeded, stratified subset)."""
 
-    flops: float | None = None
+    flops_kept: float | None = None
     sparsity: float | None = None
     criterion: str = "l1"
     round_to: int = 1
@@ -427,10 +428,10 @@ class AutoStructuredConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if (self.flops is None) == (self.sparsity is None):
-            raise ConfigError("auto-structured needs exactly one target: flops (fraction of "
-                              "MACs kept) or sparsity (fraction of parameters removed)")
-        for name in ("flops", "sparsity"):
+        if (self.flops_kept is None) == (self.sparsity is None):
+            raise ConfigError("auto-structured needs exactly one target: flops_kept (fraction "
+                              "of MACs kept) or sparsity (fraction of parameters removed)")
+        for name in ("flops_kept", "sparsity"):
             v = getattr(self, name)
             if v is not None and not 0.0 < v < 1.0:
                 raise ConfigError(f"{name} must be in (0, 1), got {v}")
@@ -465,7 +466,7 @@ def auto_structured_prune(model: nn.Module, config: AutoStructuredConfig,
     curves = channel_sensitivity(model, val, ratios=config.levels, criterion=config.criterion,
                                  round_to=config.round_to, ignored=config.ignored,
                                  example_input=example, progress=log)
-    alloc = allocate(curves, target_flops=config.flops, target_sparsity=config.sparsity,
+    alloc = allocate(curves, target_flops=config.flops_kept, target_sparsity=config.sparsity,
                      model=model, max_level=config.max_ratio, example_input=example,
                      ignored=config.ignored)
     ratios = {n: r for n, r in alloc.levels.items() if r > 0}
