@@ -208,8 +208,22 @@ def decode_tensor(entry: dict[str, Any], payload: bytes) -> np.ndarray:
         book_words = [int.from_bytes(book[i * size:(i + 1) * size], "little")
                       for i in range(entry["codebook"]["size"])]
         words = [book_words[i] for i in CODERS[values_info["coder"]](data, n)]
-    else:
-        raise NotImplementedError("the affine grid layout is not part of this decoder yet")
+    else:  # the affine grid: integers k, then float32 scales and coded zero points
+        grid = entry["grid"]
+        channels = grid["channels"]
+        ks = CODERS[values_info["coder"]](data, n)
+        scales = struct.unpack(f"<{channels}f", payload[pos:pos + 4 * channels])
+        zp_at = pos + 4 * channels
+        zero_points = CODERS[grid["zero_points"]["coder"]](
+            payload[zp_at:zp_at + grid["zero_points"]["bytes"]], channels)
+        per_row = count // channels
+        words = []
+        for i, k in enumerate(ks):
+            assert k < grid["levels"]
+            element = i if positions is None else positions[i]
+            c = 0 if channels == 1 else element // per_row
+            value = (np.float32(k) - np.float32(zero_points[c])) * np.float32(scales[c])
+            words.append(int(np.array(value, dtype="<f4").view("<u4")))
     bits = [0] * count
     for i, w in enumerate(words):
         bits[i if positions is None else positions[i]] = w
@@ -263,6 +277,29 @@ def test_independent_decoder_reads_every_layout(coder: str) -> None:
         assert {"plain", "huffman", "raw"} <= {e["values"]["coder"] for e in entries}
     else:
         assert {e["values"]["coder"] for e in entries} <= {coder, "plain"}
+
+
+@pytest.mark.parametrize("coder", ["best", "huffman", "rans", "raw"])
+def test_independent_decoder_reads_affine_grids(coder: str) -> None:
+    """Per-channel and per-tensor grids, dense and pruned, as uniform quantization writes
+    them (the writer is given the scales as a hint, as modelzip.codec.model.pack does)."""
+    rng = np.random.default_rng(2)
+    scales = (rng.random(6) * 0.1 + 0.01).astype(np.float32)
+    k = rng.integers(0, 16, (6, 40))
+    per_channel = ((k.astype(np.float32) - np.float32(8)) * scales[:, None]).astype(np.float32)
+    pruned = per_channel.copy()
+    pruned[rng.random(pruned.shape) < 0.7] = 0.0
+    one = np.float32(0.05)
+    per_tensor = ((rng.integers(0, 8, 90).astype(np.float32) - np.float32(3)) * one)
+    inputs = {"per_channel": per_channel, "pruned": pruned, "per_tensor": per_tensor}
+    hints = {"per_channel": {"scale": scales, "axis": 0},
+             "pruned": {"scale": scales, "axis": 0},
+             "per_tensor": {"scale": np.array([one]), "axis": None}}
+    data = write_artifact(inputs, coder=coder, hints=hints)
+    manifest, tensors, _ = decode_file(data)
+    assert all("grid" in manifest["tensors"][name] for name in inputs)
+    for name, array in inputs.items():
+        assert tensors[name].tobytes() == array.astype("<f4").tobytes(), name
 
 
 def test_independent_rans_decoder_reads_long_streams() -> None:
