@@ -187,8 +187,12 @@ def load_checkpoint(directory: str | os.PathLike[str], model: nn.Module | None =
     info = meta.get("model") or {}
     if meta.get("format_version") == 1:  # a zoo model with its layer shapes
         if model is None:
-            model = build_model(info.get("name", "?"), layer_shapes=meta.get("layer_shapes"),
-                                **(info.get("kwargs") or {}))
+            from modelzip.core.modelrec import BASE_ATTR, architecture
+
+            name, kwargs = info.get("name", "?"), info.get("kwargs") or {}
+            base = architecture(build_model(name, **kwargs))  # as built, before pruning
+            model = build_model(name, layer_shapes=meta.get("layer_shapes"), **kwargs)
+            object.__setattr__(model, BASE_ATTR, base)
     else:
         shapes = {k: tuple(v.shape) for k, v in state.items()}
         try:

@@ -192,14 +192,33 @@ def _pack(model: nn.Module, original: nn.Module, recipe: Any, ctx: Context,
         example = None if isinstance(ctx.example_inputs, torch.Tensor) else ctx.example_inputs
         blob = pack_model_onnx(model, int8=bool(settings.get("int8")), calibration=calibration,
                                meta=meta, calibration_method=settings.get("method", "minmax"),
-                               coder=settings.get("coder", "best"), example_inputs=example)
+                               coder=settings.get("coder", "best"), example_inputs=example,
+                               reduce_range=bool(settings.get("reduce_range", True)))
         return blob, None, "onnx-graph"
     from modelzip.codec.model import pack, unpack
 
     blob = pack(model, coder=settings.get("coder", "best"), meta=meta, skeleton=skeleton)
-    # read back onto a fresh skeleton: the model as it came is one, structurally
-    fresh = copy.deepcopy(skeleton if skeleton is not None else original)
-    return blob, unpack(blob, model=fresh), "state-dict"
+    return blob, unpack(blob, model=_fresh_skeleton(original, skeleton)), "state-dict"
+
+
+def _fresh_skeleton(original: nn.Module, skeleton: nn.Module | None) -> nn.Module:
+    """A model as freshly built, to read the artifact back onto: the given skeleton, a new
+    build from the model's zoo entry or builder, or the input model itself when no technique
+    had changed its structure before it came in."""
+    from modelzip.codec.model import _fresh
+    from modelzip.core.builders import source_of
+    from modelzip.core.modelrec import architecture, base_architecture
+
+    if skeleton is not None:
+        return copy.deepcopy(skeleton)
+    fresh = _fresh(source_of(original))
+    if fresh is not None:
+        return fresh
+    base = base_architecture(original)
+    if base is None or base == architecture(original):
+        return copy.deepcopy(original)
+    raise ConfigError("this model was structurally changed before compress() got it and "
+                      "modelzip cannot build it afresh; pass skeleton= a freshly built copy")
 
 
 def _model_name(model: nn.Module) -> str:

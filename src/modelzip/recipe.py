@@ -40,6 +40,9 @@ class _PackSettings(BaseModel):
     coder: Literal["best", "huffman", "rans", "raw"] = "best"
     int8: bool = False  # format onnx: static int8 operators, calibrated on training samples
     method: Literal["minmax", "percentile", "entropy"] = "minmax"  # int8 calibration
+    # int8 weights in 7 bits: full 8-bit weights overflow the int16 sums of AVX2 kernels
+    # without VNNI (see the latency benchmark); false for full 8-bit weights
+    reduce_range: bool = True
 
     @model_validator(mode="after")
     def _int8_needs_onnx(self) -> _PackSettings:
@@ -102,14 +105,28 @@ class Recipe:
                    parsed.pack.model_dump())
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data (YAML/JSON): each step's options that differ from their defaults,
+        nested configs (fine-tuning, layer selection) as mappings, tuples as lists."""
         import dataclasses
+
+        def value_of(value: Any) -> Any:
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                return plain(value)
+            if isinstance(value, tuple | list):
+                return [value_of(v) for v in value]
+            if isinstance(value, dict):
+                return {k: value_of(v) for k, v in value.items()}
+            return value
 
         def plain(config: Any) -> dict[str, Any]:
             out = {}
             for f in dataclasses.fields(config):
                 value = getattr(config, f.name)
-                if value != f.default:
-                    out[f.name] = list(value) if isinstance(value, tuple) else value
+                default = (f.default if f.default is not dataclasses.MISSING else
+                           f.default_factory() if f.default_factory is not dataclasses.MISSING
+                           else dataclasses.MISSING)
+                if f.init and value != default:
+                    out[f.name] = value_of(value)
             return out
 
         return {"name": self.name, "description": self.description, "finetune": self.finetune,

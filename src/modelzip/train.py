@@ -116,12 +116,14 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 def _make_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig,
                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    if cfg.schedule == "onecycle":
+    # OneCycle needs a few steps per phase (a warm-up of pct_start x total >= 2 steps);
+    # a run of fewer steps (a tiny fine-tuning) anneals with the cosine schedule instead
+    if cfg.schedule == "onecycle" and total_steps >= 8:
         return torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.25,
             cycle_momentum=cfg.optimizer == "sgd" and cfg.momentum > 0,
             base_momentum=max(cfg.momentum - 0.05, 0.0), max_momentum=cfg.momentum)
-    if cfg.schedule == "cosine":
+    if cfg.schedule in ("cosine", "onecycle"):
         warmup = int(cfg.warmup_epochs * total_steps / cfg.epochs)
 
         def factor(step: int) -> float:

@@ -34,9 +34,11 @@ from modelzip.atomic import write_atomic
 from modelzip.codec.artifact import Artifact, read_artifact, read_artifact_file, write_artifact
 from modelzip.core.builders import build_from_target, source_of
 from modelzip.core.modelrec import (
+    BASE_ATTR,
     apply_structure,
     architecture,
     base_architecture,
+    mark_base,
     structure_changes,
 )
 from modelzip.errors import ArtifactError, ModelzipError
@@ -168,7 +170,10 @@ def _legacy_skeleton(record: dict[str, Any], what: str) -> nn.Module:
             raise ArtifactError(f"the model of {what} does not rebuild: layer {unknown[0]!r} "
                                 f"does not exist in a {name}")
         layers = {k: {**fresh[k], **diff} for k, diff in changes.items()} or None
-        return build_model(name, layer_shapes=layers, **kwargs)
+        base = architecture(build_model(name, **kwargs))
+        model = build_model(name, layer_shapes=layers, **kwargs)
+        object.__setattr__(model, BASE_ATTR, base)
+        return model
     except ArtifactError:
         raise
     except ModelzipError as exc:
@@ -229,6 +234,10 @@ def rebuild(record: dict[str, Any], shapes: dict[str, tuple[int, ...]], what: st
 
 
 def _structured(model: nn.Module, structure: dict[str, Any], what: str) -> nn.Module:
+    """``model`` (freshly built) with the recorded structure; it remembers the architecture it
+    was built with, so that a later pack records the changes against that, not against the
+    already changed model."""
+    mark_base(model)
     try:
         return apply_structure(model, structure)
     except ModelzipError as exc:

@@ -437,12 +437,14 @@ def _verify_packed(data: bytes, onnx_bytes: bytes, feeds: dict[str, np.ndarray],
 def pack_model_onnx(model: nn.Module, *, int8: bool,
                     calibration: np.ndarray | Mapping[str, np.ndarray] | None = None,
                     meta: dict[str, Any] | None = None, calibration_method: str = "minmax",
-                    coder: str = "best", example_inputs: Any = None) -> bytes:
+                    coder: str = "best", example_inputs: Any = None,
+                    reduce_range: bool = True) -> bytes:
     """Export a PyTorch model to ONNX (and quantize it to static int8 when ``int8``, calibrated
     on ``calibration``: inputs as the graph takes them, e.g. normalized float32 images
     (N, C, H, W), or a dict by input name for a model of several inputs), then ``pack_onnx``
     it. ``example_inputs`` (a tensor, tuple or dict of tensors) is what a model that does not
-    take one image tensor is traced with. When calibration inputs are given, the export is
+    take one image tensor is traced with; ``reduce_range``: 7-bit int8 weights (see
+    ``quantize_onnx_int8``). When calibration inputs are given, the export is
     also checked against PyTorch on the first 64 of them, and the packed artifact against the
     ONNX graph on the first 8."""
     import torch
@@ -466,7 +468,8 @@ def pack_model_onnx(model: nn.Module, *, int8: bool,
         from modelzip.runtime.int8 import quantize_onnx_int8
 
         data = dict(calibration) if isinstance(calibration, Mapping) else np.asarray(calibration)
-        onnx_bytes, report = quantize_onnx_int8(onnx_bytes, data, method=calibration_method)
+        onnx_bytes, report = quantize_onnx_int8(onnx_bytes, data, method=calibration_method,
+                                                reduce_range=reduce_range)
         info.setdefault("quantization", _jsonable(report))
     check_inputs = None if calibration is None else first(8, False)
     return pack_onnx(onnx_bytes, meta=info, coder=coder, check_inputs=check_inputs)
