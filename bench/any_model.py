@@ -53,7 +53,7 @@ STEPS: dict[str, dict[str, Any]] = {
     "l1-filter-30": {"steps": [{"l1-filter": {"ratio": 0.3}}]},
     "uniform-8-per-tensor": {"steps": [{"uniform": {"bits": 8, "per_channel": False}}]},
     "uniform-8-per-channel": {"steps": [{"uniform": {"bits": 8, "per_channel": True}}]},
-    "kmeans-5": {"steps": [{"kmeans": {"bits": 5, "finetune_epochs": 0}}]},
+    "kmeans-5": {"steps": [{"kmeans": {"bits": 5}}]},
     "onnx-int8": {"steps": [{"magnitude": {"sparsity": 0.0001}}],
                   "pack": {"format": "onnx", "int8": True}},
 }

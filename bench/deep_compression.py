@@ -2,35 +2,43 @@
 pruned weights -> k-means weight sharing with centroid fine-tuning -> entropy-coded .mzip.
 
     MODELZIP_DATA=../shared/data python bench/deep_compression.py [--models lenet300 lenet5]
+    MODELZIP_DATA=../shared/data python bench/deep_compression.py --quick   # smoke test
 
 Starts from the pruned checkpoints of bench/pruning_magnitude.py (Han et al. 2015 iterative
 pruning: ``magnitude-<model>-12x`` at the paper's per-layer rates and ``magnitude-<model>-max``,
-the highest ratio its validation ladder accepted). Per model:
+the highest ratio its validation ladder accepted). Every point is a recipe (one ``kmeans``
+step and the pack step's coder) run through ``modelzip.compress``, which holds out the
+validation images, shares and fine-tunes, packs the .mzip, reads it back and evaluates the
+read-back model. Per model:
 
 1. ``dc-<model>``: the paper's recipe on the 12x model: k-means per layer with linear
    initialisation at the paper's bit widths (Table 2-3: LeNet-300-100 6 bits, LeNet-5 8 bits
    conv / 5 bits fc), centroid fine-tuning with the masks kept, then packed; coded once with
-   canonical Huffman (the paper's coder) and once with the best coder per tensor.
+   canonical Huffman (the paper's coder, ``dc-<model>-huffman``) and once with the best coder
+   per tensor (two runs of the same seeded recipe).
 2. a grid beyond the paper: both pruned models x fewer bits (and optimal 1-D k-means);
-   every point is packed, unpacked and evaluated; the smallest file whose validation error
-   stays under the target less one standard error is chosen (choice on validation only).
+   the smallest file whose validation error stays under the target less one standard error
+   is chosen (choice on validation only).
 
-Every reported error is that of the model rebuilt by ``unpack`` from the .mzip file on disk,
-on all 10,000 MNIST test images. Size = the whole file. Ratio = dense fp32 bytes of all
-parameters / file bytes. Validation = the last 5,000 training images, held out from all
-fine-tuning here and from the pruning retraining (the dense baselines did see them).
+Every reported error is that of the model read back from the .mzip, on all 10,000 MNIST test
+images; the file on disk is checked to be those bytes and timed unpacking. Size = the whole
+file. Ratio = dense fp32 bytes of all parameters / file bytes. Validation = the pipeline's
+seeded 10% of the training images, held out from all fine-tuning here, from the pruning
+retraining and from the baselines' training.
 
 Writes bench/results/deep_compression.json, the .mzip files under bench/results/mzip/, and
-bench/results/deep_compression_tradeoff.png.
+bench/results/deep_compression_tradeoff.png. ``--quick`` runs a two-point grid on lenet300
+(pruned in-process from a briefly trained stand-in, a few hundred images, 1 epoch) into a new
+temporary folder instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,21 +49,22 @@ from torch import nn
 
 from benchlib import write_results
 from modelzip import __version__
-from modelzip.checkpoint import load_checkpoint, write_atomic
+from modelzip.checkpoint import load_checkpoint
 from modelzip.codec.artifact import describe_artifact
 from modelzip.codec.bits import encode_table
 from modelzip.codec.coders import empirical_entropy_bits, encode_symbols
-from modelzip.codec.model import pack, unpack
+from modelzip.codec.model import unpack
+from modelzip.core.context import Context
 from modelzip.data import ImageDataset, load_dataset
-from modelzip.registry import Context, apply_technique, config_from_dict
-from modelzip.train import TrainConfig, evaluate
+from modelzip.pipeline import compress, make_context
+from modelzip.train import TrainConfig, fit
+from modelzip.zoo import build_model
 
 BENCH = Path(__file__).resolve().parent
 PRUNED = BENCH / "checkpoints" / "pruned"
-RESULTS = BENCH / "results" / "deep_compression.json"
-MZIP_DIR = BENCH / "results" / "mzip"
-PLOT = BENCH / "results" / "deep_compression_tradeoff.png"
-VAL_IMAGES = 5000
+RESULTS_DIR = BENCH / "results"
+RESULTS_NAME = "deep_compression.json"
+PLOT_NAME = "deep_compression_tradeoff.png"
 
 # Deep Compression Tables 2-3 (dense fp32 size, compressed size, error) and its bit widths.
 PAPER = {
@@ -76,61 +85,37 @@ GRID = (
     *[("max", bits, method) for bits in (5, 4, 3, 2) for method in ("lloyd", "optimal")],
     ("12x", 4, "lloyd"), ("12x", 3, "lloyd"),
 )
+# --quick: lenet300 on a few hundred images, 1 epoch, the first two grid points.
+QUICK_TRAIN_IMAGES, QUICK_TEST_IMAGES = 600, 500
+QUICK_GRID = GRID[:2]
+QUICK_SPARSITY = {"12x": 0.92, "max": 0.95}  # one-shot magnitude pruning of the stand-in
 
 
-def val_limit(target_pct: float, n: int = VAL_IMAGES) -> float:
+def val_limit(target_pct: float, n: int) -> float:
     """The target less one binomial standard error at n images (as in pruning_magnitude)."""
     p = target_pct / 100.0
     return round(target_pct - 100.0 * math.sqrt(p * (1.0 - p) / n), 2)
 
 
-def split_train(train: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
-    n = len(train)
-    return (train.subset(range(n - VAL_IMAGES), split="train"),
-            train.subset(range(n - VAL_IMAGES, n), split="val"))
+def quick_data(train: ImageDataset, test: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
+    """Seeded subsets of a few hundred images, for --quick."""
+    def pick(data: ImageDataset, n: int) -> ImageDataset:
+        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
+        return data.subset(idx.sort().values)
+
+    return pick(train, QUICK_TRAIN_IMAGES), pick(test, QUICK_TEST_IMAGES)
 
 
-def dense_fp32_bytes(model: nn.Module) -> int:
-    return 4 * sum(p.numel() for p in model.parameters())
-
-
-def share_weights(model: nn.Module, bits: int | dict[str, int], method: str,
-                  train: ImageDataset, val: ImageDataset, epochs: int) -> tuple[nn.Module, dict]:
-    """k-means weight sharing with centroid fine-tuning, masks kept (zeros stay zeros)."""
-    model = copy.deepcopy(model)
-    ctx = Context(train_data=train, val_data=val, finetune=FINETUNE, progress=False)
-    ctx.log = lambda message: None  # type: ignore[method-assign]
-    options = {"bits": bits, "init": "linear", "method": method, "finetune_epochs": epochs,
-               "lr": FINETUNE.lr}
-    model = apply_technique(model, config_from_dict("kmeans", options), ctx)
-    return model, {"technique": "kmeans", **options, "records": ctx.records}
-
-
-def pack_and_measure(model: nn.Module, experiment: str, coder: str, test: ImageDataset,
-                     val: ImageDataset) -> dict[str, Any]:
-    """Pack, write the file, read it back, unpack and evaluate the rebuilt model."""
-    t0 = time.perf_counter()
-    data = pack(model, coder=coder)
-    pack_s = time.perf_counter() - t0
-    path = MZIP_DIR / f"{experiment}.mzip"
-    write_atomic(path, data)
-    on_disk = path.read_bytes()
-    t0 = time.perf_counter()
-    rebuilt = unpack(on_disk)
-    unpack_s = time.perf_counter() - t0
-    for (k, a), b in zip(model.state_dict().items(), rebuilt.state_dict().values(),
-                         strict=True):
-        if not torch.equal(a, b):
-            raise RuntimeError(f"{experiment}: {k} differs after unpack")
-    result = evaluate(rebuilt, test)
-    val_result = evaluate(rebuilt, val)
-    dense = dense_fp32_bytes(rebuilt)
-    return {"file": str(path.relative_to(BENCH.parent)), "file_bytes": len(on_disk),
-            "dense_fp32_bytes": dense, "ratio": round(dense / len(on_disk), 2),
-            "test_error_pct": round(result.error_pct, 4), "test_errors": result.errors,
-            "test_images": result.total, "val_error_pct": round(val_result.error_pct, 4),
-            "pack_s": round(pack_s, 4), "unpack_s": round(unpack_s, 4),
-            "tensors": describe_artifact(on_disk)}
+def quick_starts(name: str, train: ImageDataset, test: ImageDataset) -> dict[str, nn.Module]:
+    """--quick: a zoo model trained for one epoch, magnitude-pruned through compress, in
+    place of the pruned checkpoints."""
+    torch.manual_seed(0)  # the initial weights
+    model = build_model(name)
+    fit(model, train, TrainConfig(epochs=1, batch_size=32, lr=0.05, seed=0), progress=False)
+    return {start: compress(model.eval(), {"name": f"quick-{start}", "steps": [
+                {"magnitude": {"global_sparsity": s}}]}, data=train, test_data=test,
+                progress=False).model
+            for start, s in QUICK_SPARSITY.items()}
 
 
 def layer_rows(model: nn.Module, tensors: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -185,57 +170,86 @@ def coder_comparison(model: nn.Module) -> list[dict[str, Any]]:
     return rows
 
 
-def run_model(name: str, *, grid: tuple[tuple[str, int, str], ...], share_epochs: int
-              ) -> list[dict]:
-    paper = PAPER[name]
-    full_train = load_dataset("mnist", "train")
-    test = load_dataset("mnist", "test")
-    train, val = split_train(full_train)
-    limit = val_limit(paper["target_error_pct"])
-    starts = {"12x": load_checkpoint(PRUNED / f"magnitude-{name}-12x").model,
-              "max": load_checkpoint(PRUNED / f"magnitude-{name}-max").model}
+def run_model(name: str, *, grid: tuple[tuple[str, int, str], ...], share_epochs: int,
+              out_dir: Path = RESULTS_DIR, quick: bool = False) -> list[dict]:
+    # --quick: a target the barely trained stand-in meets, so that a point gets chosen
+    paper = {**PAPER[name], "target_error_pct": 99.0} if quick else PAPER[name]
+    full_train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
+    if quick:
+        full_train, test = quick_data(full_train, test)
+        starts = quick_starts(name, full_train, test)
+    else:
+        starts = {"12x": load_checkpoint(PRUNED / f"magnitude-{name}-12x").model,
+                  "max": load_checkpoint(PRUNED / f"magnitude-{name}-max").model}
+    mzip_dir = out_dir / "mzip"
+
+    def context() -> Context:
+        """The pipeline's context: it holds out the validation images itself (seeded)."""
+        return make_context(data=full_train, test_data=test, finetune=FINETUNE,
+                            progress=False)
+
+    n_val = len(context().val_data)
+    limit = val_limit(paper["target_error_pct"], n_val)
     rows: list[dict[str, Any]] = []
 
-    def record(experiment: str, model: nn.Module, settings: dict, coder: str, start: str,
-               wall: float, **extra: Any) -> dict[str, Any]:
-        m = pack_and_measure(model, experiment, coder, test, val)
-        tensors = m.pop("tensors")
+    def record(experiment: str, start: str, bits: int | dict[str, int], method: str,
+               coder: str, **extra: Any) -> tuple[dict[str, Any], nn.Module]:
+        """Run the k-means recipe through compress: the row of the read-back model (also
+        appended to ``rows``) and that model."""
+        options = {"bits": bits, "init": "linear", "method": method,
+                   "finetune": {"epochs": share_epochs, "lr": FINETUNE.lr}}
+        recipe = {"name": experiment, "steps": [{"kmeans": options}], "pack": {"coder": coder}}
+        path = mzip_dir / f"{experiment}.mzip"
+        result = compress(starts[start], recipe, ctx=context(), out=path, force=True)
+        on_disk = path.read_bytes()
+        if on_disk != result.artifact:
+            raise RuntimeError(f"{experiment}: {path} does not hold the packed bytes")
+        t0 = time.perf_counter()
+        unpack(on_disk)
+        unpack_s = time.perf_counter() - t0
+        tensors = describe_artifact(on_disk)
+        test_after = result.test_error_after
         row = {"experiment": experiment, "model": name, "dataset": "mnist",
-               "starts_from": f"magnitude-{name}-{start}", "coder": coder, **m,
+               "starts_from": f"magnitude-{name}-{start}", "coder": coder,
+               "file": _relative(path), "file_bytes": len(on_disk),
+               "dense_fp32_bytes": result.before.dense_bytes, "ratio": round(result.ratio, 2),
+               "test_error_pct": round(test_after.error_pct, 4),
+               "test_errors": test_after.errors, "test_images": test_after.total,
+               "val_error_pct": round(result.val_error_after, 4), "val_images": n_val,
+               "unpack_s": round(unpack_s, 4),
                "target_error_pct": paper["target_error_pct"],
                "target_file_bytes": paper["target_file_bytes"],
-               "target_met": (m["test_error_pct"] <= paper["target_error_pct"]
-                              and m["file_bytes"] <= paper["target_file_bytes"]),
+               "target_met": (test_after.error_pct <= paper["target_error_pct"]
+                              and len(on_disk) <= paper["target_file_bytes"]),
                "val_limit_pct": limit, "paper_ratio": paper["paper_ratio"],
-               "paper_error_pct": paper["paper_error_pct"], "share_wall_time_s": round(wall, 1),
-               **extra, "settings": settings, "layers": layer_rows(model, tensors),
-               "tensor_coding": tensors}
+               "paper_error_pct": paper["paper_error_pct"],
+               "compress_wall_time_s": round(result.wall_time_s, 1), **extra,
+               "settings": {"technique": "kmeans", **options, "records": result.records,
+                            "recipe": recipe, "pipeline": result.settings},
+               "layers": layer_rows(result.model, tensors), "tensor_coding": tensors}
         print(f"   {experiment} [{coder}]: {row['file_bytes']:,} B ({row['ratio']}x), test "
               f"{row['test_error_pct']:.2f}%, val {row['val_error_pct']:.2f}%, "
               f"unpack {row['unpack_s'] * 1000:.0f} ms", flush=True)
         rows.append(row)
-        return row
+        return row, result.model
 
-    print(f"== {name}: validation limit {limit}% (target {paper['target_error_pct']}%)",
-          flush=True)
-    # 1. The paper's recipe.
-    t0 = time.perf_counter()
-    dc, settings = share_weights(starts["12x"], paper["bits"], "lloyd", train, val,
-                                 share_epochs)
-    wall = time.perf_counter() - t0
-    record(f"dc-{name}-huffman", dc, settings, "huffman", "12x", wall, kind="paper-recipe")
-    record(f"dc-{name}", dc, settings, "best", "12x", wall, kind="paper-recipe",
-           coders=coder_comparison(dc))
+    print(f"== {name}: validation limit {limit}% on {n_val} images (target "
+          f"{paper['target_error_pct']}%)", flush=True)
+    # 1. The paper's recipe, coded with Huffman and with the best coder per tensor.
+    _, dc_huffman = record(f"dc-{name}-huffman", "12x", paper["bits"], "lloyd", "huffman",
+                           kind="paper-recipe")
+    dc_row, dc = record(f"dc-{name}", "12x", paper["bits"], "lloyd", "best",
+                        kind="paper-recipe")
+    gap = max(float((a - b).abs().max()) for a, b in zip(
+        dc_huffman.state_dict().values(), dc.state_dict().values(), strict=True))
+    if gap:
+        print(f"   note: dc-{name} and dc-{name}-huffman differ by up to {gap:.2g} in a weight "
+              "(the seeded centroid fine-tuning did not repeat bit for bit)", flush=True)
+    dc_row["coders"] = coder_comparison(dc)
 
     # 2. Beyond: fewer bits on both pruned models; chosen on validation.
-    points = []
-    for start, bits, method in grid:
-        exp = f"grid-{name}-{start}-{bits}bit-{method}"
-        t0 = time.perf_counter()
-        shared, settings = share_weights(starts[start], bits, method, train, val,
-                                         share_epochs)
-        wall = time.perf_counter() - t0
-        points.append(record(exp, shared, settings, "best", start, wall, kind="grid"))
+    points = [record(f"grid-{name}-{start}-{bits}bit-{method}", start, bits, method, "best",
+                     kind="grid")[0] for start, bits, method in grid]
     ok = [r for r in points if r["val_error_pct"] <= limit]
     if ok:
         best = min(ok, key=lambda r: r["file_bytes"])
@@ -245,7 +259,14 @@ def run_model(name: str, *, grid: tuple[tuple[str, int, str], ...], share_epochs
     return rows
 
 
-def plot(rows: list[dict[str, Any]]) -> None:
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(BENCH.parent))
+    except ValueError:  # --quick writes outside the repository
+        return str(path)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -271,10 +292,10 @@ def plot(rows: list[dict[str, Any]]) -> None:
         ax.axhline(p["target_error_pct"], ls="--", color="grey", lw=1)
         ax.set_xscale("log")
         ax.set_xlabel(".mzip file size (KB, log scale)")
-        ax.set_ylabel("test error % (unpacked model, 10,000 images)")
+        ax.set_ylabel("test error % (read-back model, full test split)")
         ax.set_title(name)
         ax.legend(fontsize=8)
-    save_figure(fig, PLOT)
+    save_figure(fig, path)
 
 
 def versions() -> dict[str, str]:
@@ -291,25 +312,35 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(PAPER), choices=list(PAPER))
     parser.add_argument("--quick", action="store_true",
-                        help="a two-point grid, for checking the script")
+                        help="a tiny run (lenet300 pruned in-process, 600 images, 1 epoch, two "
+                             "grid points) into a temporary folder, to check the script")
     args = parser.parse_args(argv)
-    grid = GRID[:2] if args.quick else GRID
+    if args.quick:
+        out_dir = Path(tempfile.mkdtemp(prefix="modelzip-quick-"))
+        print(f"--quick: writing into {out_dir}", flush=True)
+        models, grid = ["lenet300"], QUICK_GRID
+    else:
+        out_dir, models, grid = RESULTS_DIR, args.models, GRID
     start = time.perf_counter()
     rows = []
-    for name in args.models:
+    for name in models:
+        share_epochs = 1 if args.quick else SHARE_EPOCHS[name]
         rows.extend({**r, **versions()} for r in
-                    run_model(name, grid=grid, share_epochs=SHARE_EPOCHS[name]))
-    plot(rows)
-    doc = write_results(RESULTS, "deep_compression",
+                    run_model(name, grid=grid, share_epochs=share_epochs, out_dir=out_dir,
+                              quick=args.quick))
+    plot(rows, out_dir / PLOT_NAME)
+    results = out_dir / RESULTS_NAME
+    doc = write_results(results, "deep_compression",
                         "pruning + k-means weight sharing with centroid fine-tuning + entropy "
-                        "coding (Han et al. 2016); error of the model unpacked from the .mzip "
-                        "file, on the full MNIST test split; size = whole file",
+                        "coding (Han et al. 2016), each a recipe run through modelzip.compress; "
+                        "error of the model read back from the .mzip file, on the full MNIST "
+                        "test split; size = whole file",
                         rows, settings={"finetune": FINETUNE.to_dict(),
                                         "share_epochs": SHARE_EPOCHS,
                                         "grid": [list(g) for g in grid],
-                                        "val_images": VAL_IMAGES},
+                                        "val_images": rows[0]["val_images"]},
                         total_wall_time_s=round(time.perf_counter() - start, 1))
-    print(f"{len(rows)} results in {RESULTS} ({doc['total_wall_time_s']:.0f} s)")
+    print(f"{len(rows)} results in {results} ({doc['total_wall_time_s']:.0f} s)")
     return 0
 
 

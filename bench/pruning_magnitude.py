@@ -2,38 +2,45 @@
 LeNet-5, starting from the trained baselines in bench/checkpoints/.
 
     MODELZIP_DATA=../shared/data python bench/pruning_magnitude.py [--models lenet300 lenet5]
+    MODELZIP_DATA=../shared/data python bench/pruning_magnitude.py --quick   # smoke test
 
-Per model:
+Every experiment is a recipe run through ``modelzip.compress``, which holds out the
+validation images (a seeded 10% of the training split, ``modelzip.pipeline.make_context``),
+packs the pruned model as a .mzip, reads it back and evaluates that model. Per model:
+
 1. ``magnitude-<model>-12x``: iterative prune -> retrain rounds to Han's per-layer sparsities
    (at least 12x fewer non-zero parameters);
 2. ``agp-<model>-12x`` (lenet300 only): the same sparsities reached by Zhu & Gupta's gradual
    schedule while training, for comparison;
 3. ``magnitude-<model>-max``: from the 12x model, a ladder of higher compression ratios
-   (global magnitude ranking, each step prune -> retrain); the last step whose error on the
-   held-out validation images stays under the validation limit (the target error less one
-   binomial standard error of a 5,000-image estimate) is kept.
+   (global magnitude ranking, each step prune -> retrain, one ``compress`` per step on the
+   previous step's read-back model, its pruning masks carried over); the last step whose
+   error on the held-out validation images stays under the validation limit (the target
+   error less one binomial standard error at the validation set's size) is kept.
 
-Retraining uses the first 55,000 training images; the last 5,000 are the validation set on
-which every choice is made (the ladder's stopping point). The test split is only used to
-report: every test figure is that of the model saved with ``save_checkpoint`` and reloaded
-with ``load_checkpoint``, on all 10,000 test images. Caveat: the baselines were trained on
-all 60,000 training images, so the validation images were seen by the dense model; its
-validation error is optimistic, and so, less and less as retraining goes on without them,
-are those of the pruned models.
+Retraining uses the other 90% of the training images; every choice (the ladder's stopping
+point) is made on the validation images. The test split is only used to report: every test
+figure is that of the model read back from its .mzip, on all 10,000 test images. The
+baselines (bench/baselines.py) are trained without the validation images too.
 
-Writes the pruned checkpoints to bench/checkpoints/pruned/<experiment>/ and, when run as a
-script, bench/results/pruning_magnitude.json (merged into pruning.json by bench/pruning.py).
+Writes the pruned (read-back) models as checkpoints to bench/checkpoints/pruned/<experiment>/
+(later benchmarks start from them) and, when run as a script,
+bench/results/pruning_magnitude.json (merged into pruning.json by bench/pruning.py).
+``--quick`` prunes a briefly trained lenet300 on a few hundred images and writes into a new
+temporary folder instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
+import logging
 import math
 import platform
 import sys
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,19 +50,20 @@ from torch import nn
 from benchlib import write_results
 from modelzip import __version__
 from modelzip.checkpoint import load_checkpoint, save_checkpoint
+from modelzip.core.context import Context
 from modelzip.data import ImageDataset, load_dataset
 from modelzip.metrics import profile_model
-from modelzip.prune.magnitude import AGPConfig, IterativeMagnitudeConfig
+from modelzip.pipeline import CompressionResult, compress, make_context
 from modelzip.prune.masks import prunable_weights
-from modelzip.registry import Context, apply_technique
-from modelzip.train import TrainConfig, evaluate
+from modelzip.train import TrainConfig, fit
+from modelzip.zoo import build_model
 
 BENCH = Path(__file__).resolve().parent
 CHECKPOINTS = BENCH / "checkpoints"
 PRUNED = CHECKPOINTS / "pruned"
 RESULTS = BENCH / "results" / "pruning_magnitude.json"
-VAL_IMAGES = 5000
 BASELINE_WAIT_S = 3600
+QUICK_TRAIN_IMAGES, QUICK_TEST_IMAGES = 600, 500
 
 
 @dataclass(frozen=True)
@@ -65,19 +73,18 @@ class Plan:
 
     model: str
     target_error_pct: float  # Han et al.'s baseline error: the bar to stay under
-    val_limit_pct: float  # the ladder goes on while the validation error is <= this
     han_sparsity: dict[str, float]
-    retrain: TrainConfig  # retraining settings (the techniques' epochs override epochs)
+    retrain: TrainConfig  # the context's fine-tuning (each step's finetune sets the epochs)
     rounds: int
     round_epochs: int
     final_epochs: int
     ladder: tuple[float, ...]  # compression ratios tried beyond 12x, in order
     ladder_epochs: int
-    agp: AGPConfig | None = None
+    agp: dict[str, Any] | None = None  # the agp step's options
     reference: str = ""
 
 
-def val_limit(target_pct: float, n: int = VAL_IMAGES) -> float:
+def val_limit(target_pct: float, n: int) -> float:
     """The target less one standard error of an error rate measured on ``n`` images at the
     target (binomial): the ladder stops before the validation figure is a coin flip."""
     p = target_pct / 100.0
@@ -86,19 +93,19 @@ def val_limit(target_pct: float, n: int = VAL_IMAGES) -> float:
 
 PLANS = {
     "lenet300": Plan(
-        model="lenet300", target_error_pct=1.64, val_limit_pct=val_limit(1.64),
+        model="lenet300", target_error_pct=1.64,
         # fc1 keeps 7.5% (Han 8%) so that the whole net, biases included, is >= 12x.
         han_sparsity={"fc1": 0.925, "fc2": 0.91, "fc3": 0.74},
         retrain=TrainConfig(batch_size=128, lr=0.02, momentum=0.9, weight_decay=1e-4,
                             schedule="cosine", augment="none", seed=0),
         rounds=3, round_epochs=2, final_epochs=6,
         ladder=(15, 19, 24, 30, 37, 46, 58, 72), ladder_epochs=4,
-        agp=AGPConfig(sparsity={"fc1": 0.925, "fc2": 0.91, "fc3": 0.74}, epochs=8,
-                      prune_every=100, final_epochs=2),
+        agp={"sparsity": {"fc1": 0.925, "fc2": 0.91, "fc3": 0.74}, "prune_every": 100,
+             "finetune": {"epochs": 8}, "final_finetune": {"epochs": 2}},
         reference="Han et al. 2015: 12x fewer weights, 1.64% -> 1.59% error",
     ),
     "lenet5": Plan(
-        model="lenet5", target_error_pct=0.80, val_limit_pct=val_limit(0.80),
+        model="lenet5", target_error_pct=0.80,
         # fc1 keeps 7.5% (Han 8%): Han's own percentages give 11.7x with biases counted.
         han_sparsity={"conv1": 0.34, "conv2": 0.88, "fc1": 0.925, "fc2": 0.81},
         retrain=TrainConfig(batch_size=128, lr=0.02, momentum=0.9, weight_decay=5e-4,
@@ -108,6 +115,13 @@ PLANS = {
         reference="Han et al. 2015: 12x fewer weights, 0.80% -> 0.77% error",
     ),
 }
+# --quick: lenet300, one epoch per training run, two ladder steps; a target that the
+# barely trained stand-in baseline meets, so that the ladder accepts its steps.
+QUICK_PLAN = dataclasses.replace(
+    PLANS["lenet300"], target_error_pct=99.0, rounds=2, round_epochs=1, final_epochs=1,
+    ladder=(15, 19), ladder_epochs=1,
+    agp={**PLANS["lenet300"].agp, "prune_every": 1, "finetune": {"epochs": 1},
+         "final_finetune": {"epochs": 0}})
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -124,10 +138,21 @@ def wait_for_baseline(name: str, timeout_s: float = BASELINE_WAIT_S) -> Path:
     return path
 
 
-def split_train(train: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
-    n = len(train)
-    return (train.subset(range(n - VAL_IMAGES), split="train"),
-            train.subset(range(n - VAL_IMAGES, n), split="val"))
+def quick_data(train: ImageDataset, test: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
+    """Seeded subsets of a few hundred images, for --quick."""
+    def pick(data: ImageDataset, n: int) -> ImageDataset:
+        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
+        return data.subset(idx.sort().values)
+
+    return pick(train, QUICK_TRAIN_IMAGES), pick(test, QUICK_TEST_IMAGES)
+
+
+def quick_baseline(name: str, train: ImageDataset) -> nn.Module:
+    """A zoo model trained for one epoch on ``train``: a stand-in baseline for --quick."""
+    torch.manual_seed(0)  # the initial weights
+    model = build_model(name)
+    fit(model, train, TrainConfig(epochs=1, batch_size=32, lr=0.05, seed=0), progress=False)
+    return model.eval()
 
 
 def weight_and_bias_counts(model: nn.Module) -> tuple[int, int]:
@@ -170,63 +195,70 @@ def layer_table(model: nn.Module) -> tuple[list[dict[str, Any]], int, int]:
     return rows, dense, nonzero
 
 
-def save_and_reload(model: nn.Module, experiment: str, train: ImageDataset,
-                    settings: dict[str, Any]) -> tuple[nn.Module, Path]:
-    out = PRUNED / experiment
-    save_checkpoint(model, out,
+def recipe(name: str, technique: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A one-step recipe, packed with the best coder per tensor."""
+    return {"name": name, "steps": [{technique: options}], "pack": {"coder": "best"}}
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(BENCH.parent))
+    except ValueError:  # --quick writes outside the repository
+        return str(path)
+
+
+def save_result(result: CompressionResult, folder: Path, experiment: str,
+                train: ImageDataset, settings: dict[str, Any]) -> Path:
+    """Save the read-back model as a checkpoint (later benchmarks start from it) and check
+    that the checkpoint reloads to the same tensors."""
+    save_checkpoint(result.model, folder,
                     dataset={"name": train.name, "mean": list(train.mean),
                              "std": list(train.std), "classes": list(train.classes),
                              "input_shape": list(train.input_shape)},
                     training=settings, extra={"experiment": experiment})
-    reloaded = load_checkpoint(out).model
-    return reloaded, out
-
-
-def result_row(experiment: str, method: str, plan: Plan, model: nn.Module,
-               train: ImageDataset, test: ImageDataset, baseline_error: float,
-               epochs: int, wall: float, settings: dict[str, Any], **extra: Any
-               ) -> dict[str, Any]:
-    """Save, reload, and measure the reloaded model."""
-    reloaded, path = save_and_reload(model, experiment, train, settings)
-    for (k, a), b in zip(model.state_dict().items(), reloaded.state_dict().values(),
+    reloaded = load_checkpoint(folder).model
+    for (k, a), b in zip(result.model.state_dict().items(), reloaded.state_dict().values(),
                          strict=True):
         if not torch.equal(a, b):
-            raise RuntimeError(f"{experiment}: {k} differs after reloading")
-    result = evaluate(reloaded, test)
-    layers, macs_dense, macs_nonzero = layer_table(reloaded)
-    params = sum(p.numel() for p in reloaded.parameters())
-    nonzero = sum(int(torch.count_nonzero(p)) for p in reloaded.parameters())
+            raise RuntimeError(f"{experiment}: {k} differs after reloading the checkpoint")
+    return folder
+
+
+def result_row(experiment: str, method: str, plan: Plan, result: CompressionResult,
+               train: ImageDataset, baseline_error: float, epochs: int, wall: float,
+               settings: dict[str, Any], pruned_dir: Path, **extra: Any) -> dict[str, Any]:
+    """The figures of the model read back from the .mzip; saves it as a checkpoint."""
+    settings = {**settings, "pipeline": result.settings}
+    path = save_result(result, pruned_dir / experiment, experiment, train, settings)
+    test = result.test_error_after
+    layers, macs_dense, macs_nonzero = layer_table(result.model)
+    params, nonzero = result.after.params, result.after.nonzero
     return {
         "experiment": experiment,
         "model": plan.model,
         "dataset": "mnist",
         "method": method,
-        "test_error_pct": round(result.error_pct, 4),
-        "test_errors": result.errors,
-        "test_images": result.total,
+        "test_error_pct": round(test.error_pct, 4),
+        "test_errors": test.errors,
+        "test_images": test.total,
         "baseline_test_error_pct": baseline_error,
         "target_error_pct": plan.target_error_pct,
-        "target_met": result.error_pct <= plan.target_error_pct,
+        "target_met": test.error_pct <= plan.target_error_pct,
         "reference": plan.reference,
         "params": params,
         "nonzero_params": nonzero,
         "compression_ratio": round(params / nonzero, 2),
         "macs_dense": macs_dense,
         "macs_nonzero": macs_nonzero,
+        "file_bytes": result.artifact_bytes,
+        "file_ratio": round(result.ratio, 2),
         "epochs_total": epochs,
         "wall_time_s": round(wall, 1),
         **extra,
         "settings": settings,
-        "checkpoint": str(path.relative_to(BENCH.parent)),
+        "checkpoint": _relative(path),
         "layers": layers,
     }
-
-
-def _context(train: ImageDataset, val: ImageDataset, plan: Plan, progress: bool) -> Context:
-    ctx = Context(train_data=train, val_data=val, finetune=plan.retrain, progress=progress)
-    if not progress:
-        ctx.log = lambda message: None  # type: ignore[method-assign]
-    return ctx
 
 
 def _retrain(plan: Plan) -> dict[str, Any]:
@@ -238,104 +270,112 @@ def _fmt_layers(layers: list[dict[str, Any]]) -> str:
     return ", ".join(f"{r['layer']} {r['kept_pct']:.1f}%" for r in layers)
 
 
+def _say_row(row: dict[str, Any], wall: float | None = None) -> None:
+    took = f" {wall:.0f} s" if wall is not None else ""
+    print(f"   {row['experiment']}: {row['compression_ratio']}x, test error "
+          f"{row['test_error_pct']:.2f}%, val {row['val_error_pct']:.2f}%, .mzip "
+          f"{row['file_bytes']:,} B [{_fmt_layers(row['layers'])}]{took}", flush=True)
+
+
 # ---------------------------------------------------------------------------- experiments
-def run_model(name: str, progress: bool = False) -> list[dict[str, Any]]:
-    plan = PLANS[name]
-    base_dir = wait_for_baseline(name)
-    full_train = load_dataset("mnist", "train")
-    test = load_dataset("mnist", "test")
-    train, val = split_train(full_train)
-    baseline = load_checkpoint(base_dir).model
-    baseline_error = round(evaluate(baseline, test).error_pct, 4)
-    baseline_val = evaluate(baseline, val).error_pct
-    print(f"== {name}: baseline test error {baseline_error:.2f}%, val {baseline_val:.2f}% "
-          f"(val images were in its training set)", flush=True)
+def run_model(name: str, progress: bool = False, *, quick: bool = False,
+              pruned_dir: Path = PRUNED) -> list[dict[str, Any]]:
+    plan = QUICK_PLAN if quick else PLANS[name]
+    full_train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
+    if quick:
+        full_train, test = quick_data(full_train, test)
+        baseline = quick_baseline(name, full_train)
+    else:
+        baseline = load_checkpoint(wait_for_baseline(name)).model
+
+    def context(masks: dict[str, torch.Tensor] | None = None) -> Context:
+        """The pipeline's context: it holds out the validation images itself (seeded)."""
+        ctx = make_context(data=full_train, test_data=test, finetune=plan.retrain,
+                           progress=progress)
+        ctx.masks.update(masks or {})
+        return ctx
+
     rows = []
 
     # 1. Iterative prune -> retrain to Han's per-layer sparsities.
-    model = copy.deepcopy(baseline)
-    ctx = _context(train, val, plan, progress)
-    cfg = IterativeMagnitudeConfig(sparsity=plan.han_sparsity, rounds=plan.rounds,
-                                   epochs=plan.round_epochs, final_epochs=plan.final_epochs,
-                                   sparsity_schedule="geometric")
-    t0 = time.perf_counter()
-    apply_technique(model, cfg, ctx)
-    wall12 = time.perf_counter() - t0
-    rec = ctx.records[-1]
-    settings = {"technique": "iterative-magnitude", "config": asdict(cfg),
+    ctx12 = context()
+    train, val = ctx12.train_data, ctx12.val_data
+    limit = val_limit(plan.target_error_pct, len(val))
+    cfg = {"sparsity": plan.han_sparsity, "rounds": plan.rounds,
+           "sparsity_schedule": "geometric", "finetune": {"epochs": plan.round_epochs},
+           "final_finetune": {"epochs": plan.final_epochs}}
+    r12 = compress(baseline, recipe(f"magnitude-{name}-12x", "iterative-magnitude", cfg),
+                   ctx=ctx12)
+    baseline_error = round(r12.test_error_before.error_pct, 4)
+    print(f"== {name}: baseline test error {baseline_error:.2f}%, val "
+          f"{r12.val_error_before:.2f}% ({len(train)} train / {len(val)} val images)",
+          flush=True)
+    rec = r12.records[-1]
+    settings = {"technique": "iterative-magnitude", "config": cfg,
                 "retrain": _retrain(plan), "train_images": len(train),
                 "val_images": len(val),
                 "rounds": [{"round": r["round"], "sparsity": round(r["sparsity"], 5),
                             "epochs": r["epochs"], "val_error_pct": r["val_error_pct"]}
                            for r in rec["rounds"]]}
-    row12 = result_row(f"magnitude-{name}-12x", "iterative-magnitude", plan, model, train, test,
-                       baseline_error, rec["epochs_total"], wall12, settings,
-                       val_error_pct=rec["rounds"][-1]["val_error_pct"])
+    row12 = result_row(f"magnitude-{name}-12x", "iterative-magnitude", plan, r12, train,
+                       baseline_error, rec["epochs_total"], r12.wall_time_s, settings,
+                       pruned_dir, val_error_pct=r12.val_error_after)
     rows.append(row12)
-    print(f"   {row12['experiment']}: {row12['compression_ratio']}x, test error "
-          f"{row12['test_error_pct']:.2f}%, val {row12['val_error_pct']:.2f}% "
-          f"[{_fmt_layers(row12['layers'])}] {wall12:.0f} s", flush=True)
-    masks12 = {k: v.clone() for k, v in ctx.masks.items()}
+    _say_row(row12, r12.wall_time_s)
 
     # 2. The same sparsities by gradual (AGP) pruning while training.
     if plan.agp is not None:
-        agp_model = copy.deepcopy(baseline)
-        actx = _context(train, val, plan, progress)
-        t0 = time.perf_counter()
-        apply_technique(agp_model, plan.agp, actx)
-        wall = time.perf_counter() - t0
-        arec = actx.records[-1]
-        settings = {"technique": "agp", "config": asdict(plan.agp),
+        ragp = compress(baseline, recipe(f"agp-{name}-12x", "agp", plan.agp), ctx=context())
+        arec = ragp.records[-1]
+        settings = {"technique": "agp", "config": plan.agp,
                     "retrain": _retrain(plan), "train_images": len(train),
                     "n_prunes": arec["n_prunes"], "val_images": len(val)}
-        row = result_row(f"agp-{name}-12x", "agp", plan, agp_model, train, test,
-                         baseline_error, arec["epochs_total"], wall, settings,
-                         val_error_pct=arec["val_error_pct"])
+        row = result_row(f"agp-{name}-12x", "agp", plan, ragp, train, baseline_error,
+                         arec["epochs_total"], ragp.wall_time_s, settings, pruned_dir,
+                         val_error_pct=ragp.val_error_after)
         rows.append(row)
-        print(f"   {row['experiment']}: {row['compression_ratio']}x, test error "
-              f"{row['test_error_pct']:.2f}%, val {row['val_error_pct']:.2f}% "
-              f"[{_fmt_layers(row['layers'])}] {wall:.0f} s", flush=True)
+        _say_row(row, ragp.wall_time_s)
 
-    # 3. Ladder of higher ratios from the 12x model; choose on validation error only.
-    ladder_ctx = _context(train, val, plan, progress)
-    ladder_ctx.masks = masks12
-    best_state = copy.deepcopy(model.state_dict())
-    best: dict[str, Any] = {"ratio": row12["compression_ratio"],
+    # 3. Ladder of higher ratios from the 12x model, one compress per step, each from the
+    # previous step's read-back model with its masks (a pruned weight stays pruned); the
+    # choice is made on validation error only.
+    model, masks = r12.model, ctx12.masks
+    best: dict[str, Any] = {"result": r12, "ratio": row12["compression_ratio"],
                             "val_error_pct": row12["val_error_pct"], "epochs": 0, "wall": 0.0}
     steps: list[dict[str, Any]] = []
     epochs, wall = 0, 0.0
     for ratio in plan.ladder:
         s = global_sparsity_for_ratio(model, ratio)
-        step_cfg = IterativeMagnitudeConfig(global_sparsity=s, rounds=1,
-                                            epochs=plan.ladder_epochs)
-        t0 = time.perf_counter()
-        apply_technique(model, step_cfg, ladder_ctx)
-        wall += time.perf_counter() - t0
+        step_cfg = {"global_sparsity": s, "rounds": 1,
+                    "finetune": {"epochs": plan.ladder_epochs}}
+        ctx = context(masks)
+        result = compress(model, recipe(f"magnitude-{name}-{ratio}x", "iterative-magnitude",
+                                        step_cfg), ctx=ctx)
+        wall += result.wall_time_s
         epochs += plan.ladder_epochs
-        v = ladder_ctx.records[-1]["rounds"][-1]["val_error_pct"]
-        ok = v <= plan.val_limit_pct
+        v = result.val_error_after
+        ok = v <= limit
         steps.append({"ratio": ratio, "global_sparsity": round(s, 6), "val_error_pct": v,
-                      "accepted": ok})
+                      "accepted": ok, "file_bytes": result.artifact_bytes})
         print(f"   ladder {ratio}x: val error {v:.2f}% "
-              f"({'ok' if ok else 'over ' + str(plan.val_limit_pct) + '%, stop'})", flush=True)
+              f"({'ok' if ok else f'over {limit}%, stop'})", flush=True)
         if not ok:
             break
-        best_state = copy.deepcopy(model.state_dict())
-        best = {"ratio": ratio, "val_error_pct": v, "epochs": epochs, "wall": wall}
-    model.load_state_dict(best_state)
+        model, masks = result.model, ctx.masks
+        best = {"result": result, "ratio": ratio, "val_error_pct": v, "epochs": epochs,
+                "wall": wall}
     settings = {"technique": "iterative-magnitude (one round per ladder step)",
                 "starts_from": row12["experiment"], "ladder": steps,
                 "ladder_epochs": plan.ladder_epochs, "layer_allocation": "global magnitude",
-                "val_limit_pct": plan.val_limit_pct, "chosen_ratio": best["ratio"],
+                "val_limit_pct": limit, "chosen_ratio": best["ratio"],
                 "retrain": _retrain(plan), "train_images": len(train),
                 "val_images": len(val)}
-    row = result_row(f"magnitude-{name}-max", "iterative-magnitude", plan, model, train, test,
-                     baseline_error, row12["epochs_total"] + best["epochs"],
-                     wall12 + best["wall"], settings, val_error_pct=best["val_error_pct"])
+    row = result_row(f"magnitude-{name}-max", "iterative-magnitude", plan, best["result"],
+                     train, baseline_error, row12["epochs_total"] + best["epochs"],
+                     r12.wall_time_s + best["wall"], settings, pruned_dir,
+                     val_error_pct=best["val_error_pct"])
     rows.append(row)
-    print(f"   {row['experiment']}: {row['compression_ratio']}x, test error "
-          f"{row['test_error_pct']:.2f}%, val {row['val_error_pct']:.2f}% "
-          f"[{_fmt_layers(row['layers'])}]", flush=True)
+    _say_row(row)
     return rows
 
 
@@ -344,11 +384,25 @@ def versions() -> dict[str, str]:
             "python_version": platform.python_version(), "threads": torch.get_num_threads()}
 
 
-def run(progress: bool = False, models: tuple[str, ...] = tuple(PLANS)) -> list[dict]:
-    """Prune every model of ``models``; one flat dict per result."""
+def quick_folder() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="modelzip-quick-"))
+    print(f"--quick: writing into {folder}", flush=True)
+    return folder
+
+
+def run(progress: bool = False, models: tuple[str, ...] = tuple(PLANS), *,
+        quick: bool = False, out_dir: Path | None = None) -> list[dict]:
+    """Prune every model of ``models``; one flat dict per result. ``quick``: lenet300 only,
+    tiny, checkpoints under ``out_dir`` (default: a new temporary folder)."""
+    if quick:
+        models = ("lenet300",)
+        pruned_dir = (out_dir or quick_folder()) / "pruned"
+    else:
+        pruned_dir = PRUNED
     rows = []
     for name in models:
-        rows.extend({**row, **versions()} for row in run_model(name, progress))
+        rows.extend({**row, **versions()} for row in
+                    run_model(name, progress, quick=quick, pruned_dir=pruned_dir))
     return rows
 
 
@@ -357,16 +411,25 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(PLANS), choices=list(PLANS))
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny run (lenet300, 600 images, 1-epoch steps) into a "
+                             "temporary folder, to check the script")
     args = parser.parse_args(argv)
+    if args.progress:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
-    rows = run(progress=args.progress, models=tuple(args.models))
-    doc = write_results(RESULTS, "pruning_magnitude",
+    out_dir = quick_folder() if args.quick else None
+    rows = run(progress=args.progress, models=tuple(args.models), quick=args.quick,
+               out_dir=out_dir)
+    results = out_dir / RESULTS.name if out_dir is not None else RESULTS
+    doc = write_results(results, "pruning_magnitude",
                         "unstructured magnitude pruning with retraining (Han et al. 2015; "
-                        "Zhu & Gupta 2017) from the baselines; test error of the pruned "
-                        "checkpoint reloaded from disk on the full test split; choices made "
-                        "on the last 5,000 training images, held out from retraining",
+                        "Zhu & Gupta 2017) from the baselines, each a recipe run through "
+                        "modelzip.compress; test error of the model read back from its .mzip "
+                        "on the full test split; choices made on the pipeline's seeded 10% "
+                        "validation images, held out from retraining",
                         rows, total_wall_time_s=round(time.perf_counter() - start, 1))
-    print(f"{len(rows)} results in {RESULTS} ({doc['total_wall_time_s']:.0f} s)")
+    print(f"{len(rows)} results in {results} ({doc['total_wall_time_s']:.0f} s)")
     return 0
 
 

@@ -80,9 +80,12 @@ def test_compress_with_recipe(lenet300: Path, tmp_path: Path) -> None:
 def test_deep_compression_recipe_shares_and_packs(lenet300: Path, tmp_path: Path) -> None:
     """The shipped recipe end to end, shortened to one epoch per step, with the Huffman coder."""
     text = (ROOT / "src" / "modelzip" / "recipes" / "deep-compression.yaml").read_text()
-    text = (text.replace("final_epochs: 2", "final_epochs: 1").replace("rounds: 3", "rounds: 1")
-            .replace("finetune_epochs: 2", "finetune_epochs: 1")
-            .replace("coder: best", "coder: huffman"))
+    shortened = (text.replace("final_finetune: {epochs: 2}", "final_finetune: {epochs: 1}")
+                 .replace("rounds: 3", "rounds: 1")
+                 .replace("finetune: {epochs: 2, lr: 0.001}", "finetune: {epochs: 1, lr: 0.001}")
+                 .replace("coder: best", "coder: huffman"))
+    assert shortened.count("epochs: 1") == text.count("epochs: 1") + 2  # both were found
+    text = shortened
     recipe = tmp_path / "dc.yaml"
     recipe.write_text(text)
     out = tmp_path / "dc"
@@ -101,7 +104,7 @@ def test_deep_compression_recipe_shares_and_packs(lenet300: Path, tmp_path: Path
 def test_compress_refuses_a_diverged_step(lenet300: Path, tmp_path: Path) -> None:
     recipe = tmp_path / "hot.yaml"
     recipe.write_text("steps:\n  - magnitude: {sparsity: 0.9}\n"
-                      "  - kmeans: {bits: 2, finetune_epochs: 1, lr: 1.0e+30}\n")
+                      "  - kmeans: {bits: 2, finetune: {epochs: 1, lr: 1.0e+30}}\n")
     out = tmp_path / "hot"
     assert_user_error(run_cli("compress", lenet300, "--recipe", recipe, "--no-progress",
                               "-o", out), "step 2 (kmeans)", "non-finite", "lr")

@@ -12,13 +12,16 @@ import pytest
 import torch
 from torch import nn
 
+from modelzip.core.selection import LayerSelector
 from modelzip.data import ImageDataset, train_val_split
 from modelzip.errors import ConfigError
+from modelzip.finetune import FinetuneConfig
 from modelzip.prune.drop_bound import (
     ChannelMasker,
     DropBoundConfig,
     FilterPolicy,
     _bisect_restore,
+    _layer_order,
     _ValSet,
     accuracy_term,
     drop_bound_prune,
@@ -77,7 +80,7 @@ def test_reward_signs() -> None:
 @pytest.mark.parametrize("kwargs", [
     {"bound_points": 0.0}, {"bound_points": -1.0}, {"bound_points": float("nan")},
     {"iterations": 0}, {"samples_per_iteration": 0}, {"val_images": 0},
-    {"init_keep_prob": 1.0}, {"min_keep": 0}, {"finetune_epochs": -1}, {"agent_lr": 0.0},
+    {"init_keep_prob": 1.0}, {"min_keep": 0}, {"finetune_samples": 0}, {"agent_lr": 0.0},
 ])
 def test_config_rejects_bad_values(kwargs: dict) -> None:
     with pytest.raises(ConfigError, match="drop-bound"):
@@ -86,8 +89,16 @@ def test_config_rejects_bad_values(kwargs: dict) -> None:
 
 def test_registered_and_built_from_plain_values() -> None:
     assert "drop-bound" in list_techniques()
-    cfg = config_from_dict("drop-bound", {"bound_points": 1, "layers": ["a", "b"]})
-    assert cfg.bound_points == 1.0 and cfg.layers == ("a", "b")
+    cfg = config_from_dict("drop-bound", {"bound_points": 1, "layers": ["a", "b"],
+                                          "finetune": {"epochs": 0}})
+    assert cfg.bound_points == 1.0 and cfg.layers == LayerSelector(names=("a", "b"))
+    assert cfg.finetune_config(TrainConfig()) is None  # epochs 0: no fine-tuning
+    default = DropBoundConfig().finetune_config(TrainConfig(epochs=5, lr=0.2))
+    assert default is not None and (default.epochs, default.lr) == (1, 0.2)
+    with pytest.raises(ConfigError, match="drop-bound: finetune: epochs must be an integer"):
+        config_from_dict("drop-bound", {"finetune": {"epochs": -1}})
+    with pytest.raises(ConfigError, match="drop-bound: finetune_images is now finetune_samples"):
+        config_from_dict("drop-bound", {"finetune_images": 1000})
     with pytest.raises(ConfigError):
         config_from_dict("drop-bound", {"bound_points": 0})
     with pytest.raises(ConfigError, match="unknown option"):
@@ -288,8 +299,8 @@ def test_drop_bound_removes_dead_filters_within_the_bound(
     ctx = Context(train_data=train, val_data=val, progress=False,
                   finetune=TrainConfig(epochs=1, batch_size=64, lr=0.01, seed=0))
     cfg = DropBoundConfig(bound_points=bound, iterations=30, samples_per_iteration=6,
-                          agent_lr=0.2, init_keep_prob=0.8, finetune_epochs=1,
-                          finetune_images=1000, seed=0)
+                          agent_lr=0.2, init_keep_prob=0.8, finetune=FinetuneConfig(epochs=1),
+                          finetune_samples=1000, seed=0)
     pruned = drop_bound_prune(model, cfg, ctx)
     records = [r for r in ctx.records if r["step"] == "drop-bound"]
     assert [r["layer"] for r in records] == ["conv1", "conv2"]
@@ -365,7 +376,7 @@ def test_drop_bound_runs_on_residual_and_concat_graphs() -> None:
     data = _random_dataset(model, (1, 28, 28), 64, seed=6)
     ctx = Context(val_data=data, progress=False)
     cfg = DropBoundConfig(bound_points=50.0, iterations=3, samples_per_iteration=3,
-                          init_keep_prob=0.5, finetune_epochs=0, seed=0)
+                          init_keep_prob=0.5, finetune=FinetuneConfig(epochs=0), seed=0)
     pruned = drop_bound_prune(model, cfg, ctx)
     layers = [r["layer"] for r in ctx.records]
     # one agent per channel group: the residual pair (stem, res_conv2) and the concatenated
@@ -378,3 +389,18 @@ def test_drop_bound_runs_on_residual_and_concat_graphs() -> None:
     assert pruned.depthwise[0].out_channels == (pruned.branch_a[0].out_channels
                                                 + pruned.branch_b[0].out_channels)
     assert pruned(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_layer_selector_chooses_the_conv_layers() -> None:
+    model = build_model("resconcat", width=4).eval()
+    example = torch.zeros(1, 1, 28, 28)
+    assert _layer_order(model, example, None) == ["stem.0", "res_conv1.0", "branch_a.0",
+                                                  "branch_b.0", "pointwise.0"]
+    assert _layer_order(model, example, LayerSelector(names=("branch_*",))) == [
+        "branch_a.0", "branch_b.0"]
+    # ignoring a layer keeps its whole channel group: the residual pair goes
+    assert _layer_order(model, example, LayerSelector(ignore=("res_conv2",))) == [
+        "res_conv1.0", "branch_a.0", "branch_b.0", "pointwise.0"]
+    with pytest.raises(ConfigError, match=r"drop-bound: no layer named 'conv9'.*prunable conv "
+                                          r"layers: stem\.0, res_conv1\.0, res_conv2"):
+        _layer_order(model, example, LayerSelector(names=("conv9",)))

@@ -250,8 +250,12 @@ def test_bad_config_raises(kwargs: dict, message: str) -> None:
 def test_bad_retrain_configs_raise() -> None:
     with pytest.raises(ConfigError, match="iterative-magnitude: rounds must be >= 1, got 0"):
         IterativeMagnitudeConfig(sparsity=0.5, rounds=0)
-    with pytest.raises(ConfigError, match="iterative-magnitude: lr must be > 0"):
-        IterativeMagnitudeConfig(sparsity=0.5, lr=-1.0)
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        IterativeMagnitudeConfig(sparsity=0.5, finetune=FinetuneConfig(lr=-1.0))
+    with pytest.raises(ConfigError, match="iterative-magnitude: finetune: lr must be > 0"):
+        config_from_dict("iterative-magnitude", {"sparsity": 0.5, "finetune": {"lr": -1}})
+    with pytest.raises(ConfigError, match="final_finetune: epochs must be >= 1, got 0"):
+        IterativeMagnitudeConfig(sparsity=0.5, final_finetune=FinetuneConfig(epochs=0))
     with pytest.raises(ConfigError, match="sparsity_schedule must be one of"):
         IterativeMagnitudeConfig(sparsity=0.5, sparsity_schedule="exp")
     with pytest.raises(ConfigError, match=r"agp: sparsity must be in \[0, 1\), got 1.2"):
@@ -260,6 +264,44 @@ def test_bad_retrain_configs_raise() -> None:
         AGPConfig(sparsity=0.5, initial_sparsity=0.6)
     with pytest.raises(ConfigError, match="unknown option"):
         config_from_dict("agp", {"sparsity": 0.5, "speed": 3})
+    with pytest.raises(ConfigError, match="agp: finetune: epochs must be >= 1, got 0"):
+        AGPConfig(sparsity=0.5, finetune=FinetuneConfig(epochs=0))
+
+
+@pytest.mark.parametrize(("technique", "key", "now"), [
+    ("iterative-magnitude", "epochs", "finetune: {epochs: N}"),
+    ("iterative-magnitude", "final_epochs", "final_finetune: {epochs: N}"),
+    ("iterative-magnitude", "lr", "finetune: {lr: ...}"),
+    ("iterative-magnitude", "lr_schedule", "finetune: {schedule: ...}"),
+    ("agp", "epochs", "finetune: {epochs: N}"),
+    ("agp", "final_epochs", "final_finetune: {epochs: N}"),
+    ("agp", "weight_decay", "finetune: {weight_decay: ...}"),
+])
+def test_old_retraining_options_say_their_new_name(technique: str, key: str, now: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(technique, {"sparsity": 0.5, key: 1})
+    assert str(info.value).startswith(f"{technique}: {key} is now {now}")
+
+
+def test_retraining_defaults_and_overrides() -> None:
+    base = TrainConfig(epochs=7, lr=0.1, weight_decay=0.0)
+    it = IterativeMagnitudeConfig(sparsity=0.5)
+    assert it.round_finetune(final=False).merged(base).epochs == 2  # the technique's default
+    assert it.round_finetune(final=True).merged(base).epochs == 2
+    it = config_from_dict("iterative-magnitude", {
+        "sparsity": 0.5, "finetune": {"epochs": 1, "lr": 0.01},
+        "final_finetune": {"epochs": 3}})
+    each, last = it.round_finetune(final=False).merged(base), \
+        it.round_finetune(final=True).merged(base)
+    assert (each.epochs, each.lr, each.weight_decay) == (1, 0.01, 0.0)
+    assert (last.epochs, last.lr) == (3, 0.01)  # the last round only changes its epochs
+    agp = AGPConfig(sparsity=0.5)
+    assert agp.pruning_finetune().merged(base).epochs == 4
+    assert agp.end_finetune().merged(base).epochs == 1
+    agp = AGPConfig(sparsity=0.5, finetune=FinetuneConfig(lr=0.3),
+                    final_finetune=FinetuneConfig(epochs=0))
+    assert agp.pruning_finetune().merged(base).lr == 0.3
+    assert agp.end_finetune().skips
 
 
 def test_unknown_layer_lists_valid_names() -> None:
@@ -271,16 +313,24 @@ def test_unknown_layer_lists_valid_names() -> None:
                         LogContext())
 
 
-def test_unprunable_layers_are_logged_and_skipped() -> None:
+def test_unprunable_layers_are_named_in_the_error() -> None:
     model = _model()
     ctx = LogContext()
-    model = apply_technique(model, MagnitudePruneConfig(sparsity=0.5,
-                                                layers=("fc1", "relu1", "fc2.bias")), ctx)
-    assert set(ctx.masks) == {"fc1.weight"}
-    assert len(ctx.messages) == 1
-    assert "relu1 (ReLU" in ctx.messages[0] and "fc2.bias (a bias" in ctx.messages[0]
-    with pytest.raises(ConfigError, match="none of the named layers can be pruned"):
-        apply_technique(model, MagnitudePruneConfig(sparsity=0.5, layers=("relu1",)), ctx)
+    with pytest.raises(ConfigError) as info:
+        apply_technique(model, MagnitudePruneConfig(sparsity=0.5,
+                                                    layers=("fc1", "relu1", "fc2.bias")), ctx)
+    message = str(info.value)
+    assert "'relu1' is a ReLU (magnitude takes only Linear and Conv layers)" in message
+    assert "'fc2.bias' is a parameter, not a layer" in message
+    assert message.endswith("prunable layers: fc1, fc2, fc3") and not ctx.masks
+    # patterns and types choose among the prunable layers; a weight names its layer
+    model = apply_technique(model, MagnitudePruneConfig(
+        sparsity=0.5, layers={"names": ["fc*"], "ignore": ["fc3.weight"]}), ctx)
+    assert set(ctx.masks) == {"fc1.weight", "fc2.weight"}
+    model = apply_technique(_model(), config_from_dict("magnitude", {
+        "sparsity": {"fc*": 0.5, "fc2": 0.9}, "layers": {"ignore": "fc3"}}), ctx)
+    assert [r["layer"] for r in ctx.records[-1]["layers"]] == ["fc1", "fc2"]
+    assert ctx.records[-1]["target"] == {"fc1": 0.5, "fc2": 0.9}  # the exact name wins
     # Parameterised layers that are not Linear/Conv (BatchNorm) are named, not ignored.
     ctx = LogContext()
     apply_technique(build_model("resconcat", width=4), MagnitudePruneConfig(sparsity=0.5), ctx)
@@ -312,7 +362,8 @@ def test_iterative_magnitude_reaches_target(train_1k: ImageDataset) -> None:
     val = train_1k.subset(range(200))
     ctx = LogContext(train_data=train_1k.subset(range(200, 1000)), val_data=val, finetune=FAST)
     cfg = IterativeMagnitudeConfig(sparsity={"fc1": 0.92, "fc2": 0.91, "fc3": 0.74}, rounds=2,
-                                   epochs=1, lr=0.01, weight_decay=1e-4, scale_dropout=True)
+                                   finetune=FinetuneConfig(epochs=1, lr=0.01, weight_decay=1e-4),
+                                   scale_dropout=True)
     model = apply_technique(model, cfg, ctx)
     for name, s in (("fc1", 0.92), ("fc2", 0.91), ("fc3", 0.74)):
         w = getattr(model, name).weight
@@ -333,8 +384,8 @@ def test_iterative_magnitude_reaches_target(train_1k: ImageDataset) -> None:
 def test_agp_prunes_gradually_and_masks_hold(train_1k: ImageDataset) -> None:
     model = _model("lenet5")
     ctx = LogContext(train_data=train_1k, finetune=FAST)
-    cfg = AGPConfig(global_sparsity=0.9, epochs=1, prune_every=3, start_step=2, n_prunes=4,
-                    final_epochs=1)
+    cfg = AGPConfig(global_sparsity=0.9, prune_every=3, start_step=2, n_prunes=4,
+                    finetune=FinetuneConfig(epochs=1), final_finetune=FinetuneConfig(epochs=1))
     model = apply_technique(model, cfg, ctx)
     weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
     total = sum(w.numel() for w in weights)
@@ -342,6 +393,7 @@ def test_agp_prunes_gradually_and_masks_hold(train_1k: ImageDataset) -> None:
     for name, mask in ctx.masks.items():
         assert torch.equal(dict(model.named_parameters())[name] != 0, mask)
     rec = ctx.records[-1]
+    assert rec["epochs_total"] == 2  # the pruning run and the final fine-tune
     assert [e["step"] for e in rec["events"]] == [2, 5, 8, 11, 14]
     sparsities = [e["sparsity"] for e in rec["events"]]
     assert sparsities[0] == 0.0 and sparsities[-1] == pytest.approx(0.9, abs=1e-6)
@@ -351,8 +403,8 @@ def test_agp_prunes_gradually_and_masks_hold(train_1k: ImageDataset) -> None:
     assert sparsities[1:4] == pytest.approx(expected, abs=1e-5)
     assert all(_zeros(m.bias) == 0 for m in (model.conv1, model.conv2, model.fc1, model.fc2))
     with pytest.raises(ConfigError, match="the schedule ends at step"):
-        apply_technique(_model(), AGPConfig(sparsity=0.5, epochs=1, prune_every=100,
-                                            n_prunes=10), ctx)
+        apply_technique(_model(), AGPConfig(sparsity=0.5, finetune=FinetuneConfig(epochs=1),
+                                            prune_every=100, n_prunes=10), ctx)
 
 
 def test_retraining_needs_data() -> None:
@@ -365,8 +417,9 @@ def test_pruned_checkpoint_roundtrip(tmp_path: Path, train_1k: ImageDataset) -> 
     model = _model("lenet5")
     ctx = LogContext(train_data=train_1k.subset(range(300)), finetune=FAST)
     model = apply_technique(model, AGPConfig(sparsity={"conv1": 0.3, "conv2": 0.8, "fc1": 0.95,
-                                               "fc2": 0.8}, epochs=1, prune_every=1,
-                                     final_epochs=0), ctx)
+                                               "fc2": 0.8}, prune_every=1,
+                                     finetune=FinetuneConfig(epochs=1),
+                                     final_finetune=FinetuneConfig(epochs=0)), ctx)
     save_checkpoint(model, tmp_path / "pruned")
     loaded = load_checkpoint(tmp_path / "pruned").model
     a, b = model.state_dict(), loaded.state_dict()

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from modelzip.checkpoint import load_checkpoint, save_checkpoint
+from modelzip.core.selection import LayerSelector
 from modelzip.errors import ConfigError
 from modelzip.metrics import count_macs
 from modelzip.prune.masks import apply_masks
@@ -340,9 +341,9 @@ def test_technique_is_registered_as_l1_filter() -> None:
     tech = get_technique("l1-filter")
     assert tech.config_cls is StructuredPruneConfig and tech.apply is structured_prune
     cfg = config_from_dict("l1-filter", {"ratio": {"stem.0": 0.5}, "round_to": 4,
-                                         "ignored": ["pointwise.0"]})
+                                         "layers": {"ignore": ["pointwise.0"]}})
     assert cfg == StructuredPruneConfig(ratio={"stem.0": 0.5}, round_to=4,
-                                        ignored=("pointwise.0",))
+                                        layers=LayerSelector(ignore=("pointwise.0",)))
     assert config_from_dict("l1-filter", {"ratio": 0.25}).criterion == "l1"
 
 
@@ -431,8 +432,8 @@ def test_ignored_layers_are_kept_and_logged(monkeypatch: pytest.MonkeyPatch) -> 
     messages: list[str] = []
     ctx = Context()
     monkeypatch.setattr(ctx, "log", messages.append)
-    pruned = apply_technique(model, StructuredPruneConfig(ratio=0.5,
-                                                          ignored=("res_conv2",)), ctx)
+    pruned = apply_technique(model, StructuredPruneConfig(
+        ratio=0.5, layers={"ignore": ["res_conv2"]}), ctx)
     ch = _channels(pruned)
     assert ch["stem.0"] == ch["res_conv2"] == 16  # coupled to the ignored layer
     assert ch["res_conv1.0"] == 8
@@ -455,11 +456,11 @@ def test_config_errors(kwargs: dict, message: str) -> None:
 
 def test_errors_that_need_the_model() -> None:
     model = build_model("resconcat")
-    with pytest.raises(ConfigError, match=r"unknown layer\(s\) conv9; prunable layers: "
-                                          r"stem\.0, res_conv1\.0, res_conv2"):
+    with pytest.raises(ConfigError, match=r"no layer named 'conv9' in this model; Conv/Linear "
+                                          r"layers: stem\.0, res_conv1\.0, res_conv2"):
         apply_technique(model, StructuredPruneConfig(ratio={"conv9": 0.5}), Context())
-    with pytest.raises(ConfigError, match="unknown layer\\(s\\) nope"):
-        apply_technique(model, StructuredPruneConfig(ignored=("nope",)), Context())
+    with pytest.raises(ConfigError, match="no layer named 'nope'"):
+        apply_technique(model, StructuredPruneConfig(layers={"ignore": ["nope"]}), Context())
     with pytest.raises(ConfigError, match=r"every one of the 16 output channels of stem\.0"):
         apply_technique(model, StructuredPruneConfig(ratio={"stem.0": 0.97}), Context())
     with pytest.raises(ConfigError, match="share their output channels"):

@@ -13,6 +13,7 @@ from torch import nn
 from modelzip.codec import describe_artifact, read_artifact, write_artifact
 from modelzip.codec.tensor import grid_values
 from modelzip.core.dataset import Dataset
+from modelzip.finetune import FinetuneConfig
 from modelzip.quant import (
     UniformQuantConfig,
     WeightSharingConfig,
@@ -217,8 +218,8 @@ def test_qat_trains_an_embedding_through_the_quantizer() -> None:
     plain = apply_technique(original, UniformQuantConfig(bits=4, per_channel=True),
                             Context(progress=False))
     ctx = Context(train_data=_token_batches(), finetune=FAST, progress=False)
-    model = apply_technique(original, UniformQuantConfig(bits=4, per_channel=True,
-                                                         qat_epochs=1), ctx)
+    model = apply_technique(original, UniformQuantConfig(
+        bits=4, per_channel=True, finetune=FinetuneConfig(epochs=1)), ctx)
     emb = model.emb.weight.detach()
     assert not torch.equal(emb, plain.emb.weight)  # trained
     assert bool((emb[0] == 0).all())
@@ -248,7 +249,8 @@ def test_kmeans_shares_an_embedding() -> None:
     # centroid fine-tuning reaches an embedding too
     shared = model
     ctx = Context(train_data=_token_batches(), finetune=FAST, progress=False)
-    model = apply_technique(original, WeightSharingConfig(bits={"emb": 2}, finetune_epochs=1),
+    model = apply_technique(original, WeightSharingConfig(bits={"emb": 2},
+                                                          finetune=FinetuneConfig(epochs=1)),
                             ctx)
     emb = model.emb.weight.detach()
     assert torch.equal(emb == 0, shared.emb.weight == 0)

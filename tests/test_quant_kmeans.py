@@ -173,3 +173,13 @@ def test_bad_arguments() -> None:
         kmeans_1d([1.0, 2.0, 3.0], 2, iters=-1)
     with pytest.raises(ValueError, match="at most 255"):
         kmeans_1d_optimal(torch.arange(300.0), 256)
+
+
+def test_optimal_centroids_stay_distinct_for_nearly_equal_values() -> None:
+    """Found by hypothesis: tiny values whose cluster means collide in float32."""
+    values = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 1.5, 0.5, 1e-12, 6.377492600981376e-38,
+              -3.2595803601213678e-24, -3.2595803601213678e-24]
+    data = np.asarray(values, dtype=np.float32)
+    centroids, labels = kmeans_1d_optimal(data, 12)
+    assert bool((centroids[1:] > centroids[:-1]).all())
+    _check_partition(torch.from_numpy(data), centroids, labels)

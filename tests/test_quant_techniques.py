@@ -14,8 +14,10 @@ from torch.nn.utils import parametrize
 from modelzip.checkpoint import load_checkpoint
 from modelzip.codec import describe_artifact, write_artifact
 from modelzip.codec.model import unpack
+from modelzip.core.selection import LayerSelector
 from modelzip.data import ImageDataset
 from modelzip.errors import ConfigError
+from modelzip.finetune import FinetuneConfig
 from modelzip.prune.magnitude import MagnitudePruneConfig
 from modelzip.prune.masks import prunable_weights
 from modelzip.quant import UniformQuantConfig, WeightSharingConfig, grid_hints
@@ -124,7 +126,8 @@ def test_kmeans_centroid_finetuning_moves_centroids_but_keeps_clusters(
     keys = list(model.state_dict())
     bias_before = model.fc1.bias.detach().clone()
     ctx = Context(train_data=train_512, finetune=FAST, progress=False)
-    model = apply_technique(model, WeightSharingConfig(bits=4, finetune_epochs=1), ctx)
+    model = apply_technique(model, WeightSharingConfig(bits=4, finetune=FinetuneConfig(epochs=1)),
+                            ctx)
     _assert_plain(model, keys)
     shared = _weights(clustered)
     for name, w in prunable_weights(model).items():
@@ -144,7 +147,7 @@ def test_kmeans_on_some_layers_keeps_the_masks_of_the_others(train_512: ImageDat
     before = _weights(model)
     ctx = Context(train_data=train_512, finetune=FAST, progress=False)
     ctx.masks = {n: w != 0 for n, w in before.items()}  # as a pruning step leaves them
-    config = config_from_dict("kmeans", {"bits": {"fc1": 3}, "finetune_epochs": 1})
+    config = config_from_dict("kmeans", {"bits": {"fc1": 3}, "finetune": {"epochs": 1}})
     model = apply_technique(model, config, ctx)
     after = _weights(model)
     assert _distinct_nonzero(after["fc1.weight"]) == 8
@@ -221,8 +224,8 @@ def test_uniform_qat_trains_through_the_quantizer(train_512: ImageDataset, bits:
     before = _weights(model)
     keys = list(model.state_dict())
     ctx = Context(train_data=train_512, finetune=FAST, progress=False)
-    model = apply_technique(model, UniformQuantConfig(bits=bits, per_channel=per_channel,
-                                                      qat_epochs=1, lr=0.02), ctx)
+    model = apply_technique(model, UniformQuantConfig(
+        bits=bits, per_channel=per_channel, finetune=FinetuneConfig(epochs=1, lr=0.02)), ctx)
     _assert_plain(model, keys)
     for name, w in prunable_weights(model).items():
         w = w.detach()
@@ -256,8 +259,9 @@ def test_techniques_are_registered() -> None:
     ("kmeans", {"bits": "4"}, "wrong type"),
     ("kmeans", {"init": "kmeans++"}, "init must be one of linear, density, random"),
     ("kmeans", {"method": "jenks"}, "method must be one of lloyd, optimal"),
-    ("kmeans", {"finetune_epochs": -1}, "finetune_epochs"),
-    ("kmeans", {"lr": 0}, "lr must be > 0"),
+    ("kmeans", {"finetune": {"epochs": -1}}, "kmeans: finetune: epochs must be an integer >= 0"),
+    ("kmeans", {"finetune": {"lr": 0}}, "kmeans: finetune: lr must be > 0"),
+    ("kmeans", {"finetune_epochs": 1}, "kmeans: finetune_epochs is now finetune: {epochs: N}"),
     ("kmeans", {"bits": {"fc1": 4}, "layers": ["fc2"]}, "not both"),
     ("kmeans", {"bits": {}}, "empty"),
     ("kmeans", {"clusters": 4}, "unknown option"),
@@ -265,7 +269,8 @@ def test_techniques_are_registered() -> None:
     ("uniform", {"bits": 16}, "bits must be"),
     ("uniform", {"scheme": "log"}, "scheme must be one of affine, symmetric, binary, ternary"),
     ("uniform", {"scheme": "binary", "bits": 4}, "leave bits out"),
-    ("uniform", {"qat_epochs": -2}, "qat_epochs"),
+    ("uniform", {"finetune": {"epochs": -2}}, "uniform: finetune: epochs must be"),
+    ("uniform", {"qat_epochs": 2}, "uniform: qat_epochs is now finetune: {epochs: N}"),
     ("uniform", {"layers": []}, "layers is empty"),
 ])
 def test_bad_configs_name_the_problem(technique: str, values: dict, needle: str) -> None:
@@ -275,23 +280,27 @@ def test_bad_configs_name_the_problem(technique: str, values: dict, needle: str)
 
 
 def test_unknown_layers_and_missing_data_are_user_errors() -> None:
-    with pytest.raises(ConfigError,
-                       match=r"'relu1' is not a Linear, Conv or Embedding layer.*fc1, fc2"):
+    with pytest.raises(ConfigError, match=r"'relu1' is a ReLU \(kmeans takes only Linear, Conv "
+                                          r"and Embedding layers\); quantizable layers: fc1, "
+                                          r"fc2, fc3"):
         apply_technique(_pruned(), config_from_dict("kmeans", {"bits": {"relu1": 4}}),
                         Context(progress=False))
     with pytest.raises(ConfigError, match="needs train data"):
-        apply_technique(_pruned(), WeightSharingConfig(finetune_epochs=1),
+        apply_technique(_pruned(), WeightSharingConfig(finetune=FinetuneConfig(epochs=1)),
                         Context(progress=False))
     with pytest.raises(ConfigError, match="needs train data"):
-        apply_technique(_pruned(), UniformQuantConfig(qat_epochs=1), Context(progress=False))
+        apply_technique(_pruned(), UniformQuantConfig(finetune=FinetuneConfig()),
+                        Context(progress=False))
 
 
 def test_configs_from_cli_values() -> None:
     cfg = config_from_dict("kmeans", {"bits": {"conv1": 8, "fc1": 5}, "method": "optimal"})
     assert cfg.bits == {"conv1": 8, "fc1": 5} and cfg.method == "optimal"
     cfg = config_from_dict("uniform", {"bits": 4, "scheme": "symmetric", "per_channel": True,
-                                       "layers": ["fc1", "fc2"], "qat_epochs": 2, "lr": 1e-3})
-    assert cfg.layers == ("fc1", "fc2") and cfg.per_channel and cfg.qat_epochs == 2
+                                       "layers": ["fc1", "fc2"],
+                                       "finetune": {"epochs": 2, "lr": 1e-3}})
+    assert cfg.layers == LayerSelector(names=("fc1", "fc2")) and cfg.per_channel
+    assert cfg.finetune == FinetuneConfig(epochs=2, lr=1e-3)
 
 
 # ============================================================================ CLI

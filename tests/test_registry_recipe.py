@@ -119,7 +119,8 @@ def test_recipe_errors(tmp_path: Path, text: str, needle: str) -> None:
 
 
 def test_recipe_pack_settings(tmp_path: Path) -> None:
-    defaults = {"format": "state-dict", "coder": "best", "int8": False, "method": "minmax"}
+    defaults = {"format": "state-dict", "coder": "best", "int8": False, "method": "minmax",
+                "reduce_range": True}
     rec = Recipe.from_dict({"steps": [{"finetune": {}}]})
     assert rec.pack == defaults
     rec = Recipe.from_dict({"steps": [{"finetune": {}}], "pack": {"coder": "huffman"}})

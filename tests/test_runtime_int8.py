@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from modelzip.checkpoint import load_checkpoint
 from modelzip.errors import ConfigError, ExportError, ShapeError
+from modelzip.finetune import FinetuneConfig
 from modelzip.prune.masks import masks_from_zeros
 from modelzip.registry import Context, apply_technique, config_from_dict
 from modelzip.runtime.export import evaluate_onnx, export_onnx
@@ -210,8 +211,10 @@ def test_qat_technique_trains_keeps_masks_and_layer_names(mnist_train) -> None:
     fc1_before = model.fc1.weight.detach().clone()
     ctx = Context(train_data=mnist_train, masks=masks, progress=False,
                   finetune=TrainConfig(epochs=1, batch_size=64, lr=0.01))
-    config = config_from_dict("int8-qat", {"images": 512, "epochs": 1})
-    assert config == Int8QatConfig(images=512)
+    config = config_from_dict("int8-qat", {"finetune_samples": 512, "finetune": {"epochs": 1}})
+    assert config == Int8QatConfig(finetune_samples=512, finetune=FinetuneConfig(epochs=1))
+    # the defaults: 1 epoch at a tenth of the context's learning rate
+    assert config.train_config(ctx.finetune) == Int8QatConfig().train_config(ctx.finetune)
     model = apply_technique(model, config, ctx)
     assert sorted(dict(model.named_parameters())) == names
     assert not torch.equal(model.fc1.weight, fc1_before)  # it trained
@@ -238,7 +241,8 @@ def test_qat_fallback_runs_only_when_int8_loses_too_much(mnist_train, calibratio
     ctx = Context(train_data=mnist_train, progress=False,
                   finetune=TrainConfig(epochs=1, batch_size=64, lr=0.01))
     result = int8_with_qat_fallback(model, calibration, test_subset, allowed_drop_points=-100,
-                                    ctx=ctx, qat=Int8QatConfig(images=512), reduce_range=False)
+                                    ctx=ctx, qat=Int8QatConfig(finetune_samples=512),
+                                    reduce_range=False)
     qat = result.report["qat"]
     assert qat is not None and qat["record"]["step"] == "int8-qat"
     # QAT simulated the deployed 8-bit weight grid, not its own default (7-bit)

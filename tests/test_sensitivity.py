@@ -162,10 +162,23 @@ def test_curve_errors(trained) -> None:
     model, val = trained
     with pytest.raises(ConfigError, match="increasing values in \\(0, 1\\)"):
         magnitude_sensitivity(model, val, sparsities=(0.5, 0.2))
-    with pytest.raises(ConfigError, match="unknown layer\\(s\\) fc9"):
+    with pytest.raises(ConfigError, match="no layer named 'fc9'"):
         magnitude_sensitivity(model, val, layers=["fc9"])
     with pytest.raises(ConfigError, match="unknown or unprunable layer\\(s\\) fc3"):
         channel_sensitivity(model, val, layers=["fc3"])
+
+
+def test_curves_take_a_layer_selector(trained) -> None:
+    model, val = trained
+    chan = channel_sensitivity(model, val, ratios=(0.5,), layers={"ignore": ["fc1"]})
+    assert list(chan.accuracy_pct) == ["fc2"]  # fc3 gives the output: never a group
+    chan = channel_sensitivity(model, val, ratios=(0.5,), layers=["fc*"])
+    assert list(chan.accuracy_pct) == ["fc1", "fc2"]
+    mag = magnitude_sensitivity(model, val, sparsities=(0.5,), layers={"types": ["Linear"],
+                                                                       "ignore": ["fc2"]})
+    assert list(mag.accuracy_pct) == ["fc1", "fc3"]
+    config = get_technique("auto-structured").config_cls
+    assert config(flops_kept=0.5, layers={"ignore": ["fc2"]}).layers.ignore == ("fc2",)
 
 
 # ---------------------------------------------------------------------------- technique

@@ -519,7 +519,7 @@ def quantize(
                       ] = "kmeans",
     sets: Annotated[list[str] | None, typer.Option("--set", help="technique option "
                                                    "KEY=VALUE (repeatable), e.g. --set bits=5 "
-                                                   "--set finetune_epochs=1")] = None,
+                                                   "--set 'finetune={epochs: 1}'")] = None,
     coder: Annotated[str, typer.Option(help="coder of the .mzip: best, huffman, rans, raw")
                      ] = "best",
     dataset: Annotated[str | None, typer.Option(help="default: the checkpoint's")] = None,
@@ -528,7 +528,7 @@ def quantize(
 ) -> None:
     """Quantize the weights of a checkpoint (pruned weights stay zero); save it as a
     checkpoint and as OUT/model.mzip and print the before/after table. Fine-tuning is the
-    technique's own (kmeans: finetune_epochs, centroids only; uniform: qat_epochs)."""
+    technique's own `finetune` option (kmeans: the centroids only; uniform: QAT)."""
     from modelzip.registry import config_from_dict, list_techniques
 
     if method not in list_techniques("quantize"):
@@ -622,6 +622,7 @@ def techniques(
 ) -> None:
     """List the registered techniques by kind, with every option's type and default."""
     import dataclasses
+    import re
     import typing
 
     from modelzip.registry import get_technique, list_techniques
@@ -640,7 +641,8 @@ def techniques(
                        f.default_factory() if f.default_factory is not dataclasses.MISSING
                        else "required")
             type_name = getattr(hints[f.name], "__name__", None) or str(hints[f.name])
-            con.print(f"    {f.name}: {type_name.replace('typing.', '')} = {default!r}",
+            type_name = re.sub(r"\b(?:modelzip|typing)\.(?:\w+\.)*", "", type_name)
+            con.print(f"    {f.name}: {type_name} = {default!r}",
                       soft_wrap=True, markup=False)
     for plugin, error in plugin_errors.items():
         con.print(f"[yellow]plugin {plugin} failed to load: {error}", soft_wrap=True)

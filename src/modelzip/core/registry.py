@@ -29,6 +29,7 @@ from torch import nn
 
 from modelzip.core.context import Context
 from modelzip.core.modelrec import mark_base
+from modelzip.core.selection import as_selector
 from modelzip.errors import ConfigError
 
 __all__ = [
@@ -167,9 +168,18 @@ def _coerce(value: Any, annotation: Any, key: str, technique: str) -> Any:
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         if isinstance(value, hint):
             return value
+        where = f"{technique}: {key}"
+        from_value = getattr(hint, "from_value", None)
+        if from_value is not None:  # a type with short forms too (a LayerSelector's list)
+            return from_value(value, where)
         if not isinstance(value, dict):
-            raise ConfigError(f"{technique}: {key} must be a mapping, got {value!r}")
-        return _build(hint, value, f"{technique}: {key}")
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        try:
+            return _build(hint, value, where)
+        except ConfigError as exc:  # say which option of which technique it was
+            message = str(exc)
+            raise ConfigError(message if message.startswith(where) else f"{where}: {message}"
+                              ) from None
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{technique}: {key} must be a number, got {value!r}")
@@ -190,6 +200,12 @@ def _coerce(value: Any, annotation: Any, key: str, technique: str) -> Any:
 
 
 def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    # A config's RENAMED (old option -> what to write now) turns an old recipe's key into
+    # a one-line hint instead of "unknown option".
+    renamed = getattr(cls, "RENAMED", {})
+    for key in values:
+        if key in renamed:
+            raise ConfigError(f"{where}: {key} is now {renamed[key]}")
     hints = typing.get_type_hints(cls)
     allowed = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - allowed)
@@ -203,24 +219,25 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def normalise_layers(config: Any, technique: str, per_layer: str, verb: str) -> None:
-    """Fix up a frozen config's ``layers`` (a name -> a tuple; empty refused) and its
-    per-layer mapping field ``per_layer`` (-> a plain dict), refusing both together: the
-    mapping names the layers. ``verb`` words the message ("prune", "quantize")."""
+def normalise_layers(config: Any, technique: str, per_layer: str | None = None,
+                     verb: str = "take") -> None:
+    """Fix up a frozen config's ``layers`` (a name, a list or a mapping -> a
+    ``LayerSelector``; an empty list refused) and its per-layer mapping field ``per_layer``
+    (-> a plain dict), refusing layer names and the mapping together: the mapping names the
+    layers (``types`` and ``ignore`` may go with it). ``verb`` words the message ("prune",
+    "quantize")."""
     layers = config.layers
-    mapping = getattr(config, per_layer)
-    if isinstance(layers, str):
-        layers = (layers,)
-    if layers is not None:
-        layers = tuple(layers)
-        if not layers:
-            raise ConfigError(f"{technique}: layers is empty; leave it out to {verb} every "
-                              "Linear and Conv weight")
-        if isinstance(mapping, Mapping):
-            raise ConfigError(f"{technique}: give either layers or a per-layer {per_layer} "
-                              "mapping, not both (the mapping names the layers)")
+    if isinstance(layers, list | tuple) and not layers:
+        raise ConfigError(f"{technique}: layers is empty; leave it out to {verb} every layer "
+                          "the technique can handle")
+    layers = as_selector(layers, f"{technique}: layers")
+    mapping = getattr(config, per_layer) if per_layer is not None else None
+    if layers is not None and layers.names and isinstance(mapping, Mapping):
+        raise ConfigError(f"{technique}: give either layer names or a per-layer {per_layer} "
+                          "mapping, not both (the mapping names the layers; layers: {types, "
+                          "ignore} may go with it)")
     object.__setattr__(config, "layers", layers)  # frozen dataclass
-    if isinstance(mapping, Mapping):
+    if per_layer is not None and isinstance(mapping, Mapping):
         object.__setattr__(config, per_layer, dict(mapping))
 
 

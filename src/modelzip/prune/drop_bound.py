@@ -48,13 +48,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from modelzip.core.selection import LayerSelector, select
 from modelzip.errors import ConfigError
-from modelzip.registry import Context, register_technique
+from modelzip.finetune import FinetuneConfig, resolve_finetune
+from modelzip.registry import Context, normalise_layers, register_technique
+from modelzip.train import TrainConfig
 
 __all__ = [
     "ChannelMasker",
@@ -78,13 +81,26 @@ SHARED_LOGIT_RANGE = 3.0  # the shared network moves a logit by at most this muc
 # ---------------------------------------------------------------------------- config
 @dataclass(frozen=True)
 class DropBoundConfig:
-    """Settings of drop-bound pruning. Validated on creation."""
+    """Settings of drop-bound pruning. Validated on creation.
+
+    ``layers``: the conv layers to prune (a ``LayerSelector``), first to last; None: the
+    first layer of every prunable channel group. ``finetune``: the fine-tuning after each
+    layer (None: 1 epoch; settings left out come from the context's fine-tuning; ``{epochs:
+    0}``: none); ``finetune_samples``: it trains on a seeded subset of that many training
+    samples (None: all)."""
+
+    RENAMED: ClassVar[dict[str, str]] = {
+        "finetune_epochs": "finetune: {epochs: N}",
+        "finetune_lr": "finetune: {lr: X}",
+        "finetune_images": "finetune_samples",
+    }
+    DEFAULT_FINETUNE: ClassVar[FinetuneConfig] = FinetuneConfig(epochs=1)
 
     bound_points: float = 2.0  # b: the validation accuracy drop allowed, in points
     iterations: int = 30  # policy-gradient updates per layer
     samples_per_iteration: int = 6  # actions sampled (and evaluated) per update
     val_images: int = 1000  # fixed, seeded subset of the validation data for the rewards
-    layers: tuple[str, ...] = ()  # conv layers to prune, in order; () = all prunable ones
+    layers: LayerSelector | None = None
     agent_lr: float = 0.3  # Adam learning rate of the agent (its shared network: 0.3x)
     hidden: int = 32  # hidden units of the agent's per-filter network
     # Where every keep-probability starts. Near 1: on a trained CNN a random 20% of a layer's
@@ -95,9 +111,8 @@ class DropBoundConfig:
     init_keep_prob: float = 0.95
     min_keep: int = 1  # filters a layer always keeps
     enforce_bound: bool = True  # put filters back until the final choice holds the bound
-    finetune_epochs: int | None = 1  # after each layer; None: the context's epochs; 0: none
-    finetune_lr: float | None = None  # None: the context's fine-tuning learning rate
-    finetune_images: int | None = None  # seeded subset of the training data per fine-tune
+    finetune: FinetuneConfig | None = None  # after each layer; None: 1 epoch
+    finetune_samples: int | None = None  # seeded subset of the training data per fine-tune
     eval_batch_size: int = 500
     seed: int = 0
 
@@ -109,25 +124,24 @@ class DropBoundConfig:
             (self.samples_per_iteration >= 1,
              f"samples_per_iteration must be >= 1, got {self.samples_per_iteration}"),
             (self.val_images >= 1, f"val_images must be >= 1, got {self.val_images}"),
-            (all(isinstance(n, str) and n for n in self.layers),
-             f"layers must be layer names, got {self.layers!r}"),
             (self.agent_lr > 0, f"agent_lr must be > 0, got {self.agent_lr}"),
             (self.hidden >= 1, f"hidden must be >= 1, got {self.hidden}"),
             (0 < self.init_keep_prob < 1,
              f"init_keep_prob must be in (0, 1), got {self.init_keep_prob}"),
             (self.min_keep >= 1, f"min_keep must be >= 1, got {self.min_keep}"),
-            (self.finetune_epochs is None or self.finetune_epochs >= 0,
-             f"finetune_epochs must be >= 0, got {self.finetune_epochs}"),
-            (self.finetune_lr is None or self.finetune_lr > 0,
-             f"finetune_lr must be > 0, got {self.finetune_lr}"),
-            (self.finetune_images is None or self.finetune_images >= 1,
-             f"finetune_images must be >= 1, got {self.finetune_images}"),
+            (self.finetune_samples is None or self.finetune_samples >= 1,
+             f"finetune_samples must be >= 1, got {self.finetune_samples}"),
             (self.eval_batch_size >= 1,
              f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"drop-bound: {message}")
+        normalise_layers(self, "drop-bound", verb="prune")
+
+    def finetune_config(self, base: TrainConfig | None) -> TrainConfig | None:
+        """The fine-tuning after each layer (None: none)."""
+        return resolve_finetune(self.finetune, self.DEFAULT_FINETUNE, base)
 
 
 # ---------------------------------------------------------------------------- reward
@@ -559,46 +573,40 @@ def _bisect_restore(order: torch.Tensor, keep: torch.Tensor,
 
 
 # ---------------------------------------------------------------------------- technique
-def _finetune(model: nn.Module, config: DropBoundConfig, ctx: Context, layer_index: int) -> None:
+def _finetune(model: nn.Module, config: DropBoundConfig, tune: TrainConfig, ctx: Context,
+              layer_index: int) -> None:
     from modelzip.prune.masks import MaskKeeper
-    from modelzip.train import TrainConfig
 
     train = ctx.require("train_data", "drop-bound (fine-tuning after each layer)")
-    base = ctx.finetune or TrainConfig()
-    changes: dict[str, Any] = {"seed": base.seed + layer_index}  # a new shuffle per layer
-    if config.finetune_epochs is not None:
-        changes["epochs"] = config.finetune_epochs
-    if config.finetune_lr is not None:
-        changes["lr"] = config.finetune_lr
-    cfg = dataclasses.replace(base, **changes)
-    if config.finetune_images is not None and config.finetune_images < len(train):
+    cfg = dataclasses.replace(tune, seed=tune.seed + layer_index)  # a new shuffle per layer
+    if config.finetune_samples is not None and config.finetune_samples < len(train):
         gen = torch.Generator().manual_seed(config.seed * 1000 + layer_index)
-        idx = torch.randperm(len(train), generator=gen)[:config.finetune_images].sort().values
+        idx = torch.randperm(len(train), generator=gen)[:config.finetune_samples].sort().values
         train = train.subset(idx)
     with MaskKeeper(model, ctx.masks) as keeper:  # unstructured masks stay applied
         ctx.train(model, cfg, data=train, step_callbacks=[keeper], technique="drop-bound",
                   validate=False)
 
 
-def _layer_order(model: nn.Module, example: Any, wanted: Sequence[str]) -> list[str]:
+def _layer_order(model: nn.Module, example: Any, selector: LayerSelector | None) -> list[str]:
     """The conv layers to prune, first to last: by default the root of every prunable
     channel group (a residual pair or a concatenation feeding a depthwise conv is one group,
-    so it gets one agent, not one per member); else ``wanted``, checked. Groups whose
-    channels only go in sets (across a grouped convolution) are left out: the agent picks
-    single filters."""
+    so it gets one agent, not one per member); with ``selector``'s names, the conv layers
+    they take. Groups whose channels only go in sets (across a grouped convolution) are left
+    out: the agent picks single filters; so are groups holding a layer of ``ignore``."""
     from modelzip.prune.structured import channel_groups
 
-    convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    modules = dict(model.named_modules())
     groups = [g for g in channel_groups(model, example) if g.prunable and g.channelwise]
-    if not wanted:
-        return [g.root for g in groups if g.root in convs]
-    names = {n for g in groups for n in g.layers}
-    prunable = [n for n, _ in model.named_modules() if n in names and n in convs]
-    unknown = [n for n in wanted if n not in prunable]
-    if unknown:
-        raise ConfigError(f"drop-bound: {', '.join(unknown)} not among the prunable conv "
-                          f"layers: {', '.join(prunable) or '(none)'}")
-    return list(wanted)
+    members = {n for g in groups for n in g.layers}
+    convs = {n: m for n, m in modules.items() if n in members and isinstance(m, nn.Conv2d)}
+    chosen = select(selector, convs, technique="drop-bound", model=model,
+                    kind="prunable conv layers", takes="Conv2d layers whose filters can be "
+                    "removed one by one")
+    if selector is not None and selector.names:
+        return chosen
+    return [g.root for g in groups if g.root in chosen
+            and not (selector is not None and any(selector.ignores(n) for n in g.layers))]
 
 
 @register_technique("drop-bound", DropBoundConfig, kind="prune")
@@ -610,10 +618,10 @@ def drop_bound_prune(model: nn.Module, config: DropBoundConfig, ctx: Context) ->
         raise ConfigError("drop-bound needs validation data to measure the accuracy drop: set "
                           "Context(val_data=...) to a split held out from training (e.g. from "
                           "modelzip.data.train_val_split), or pass a dataset to the CLI")
-    wants_finetune = config.finetune_epochs != 0
-    if wants_finetune:
+    tune = config.finetune_config(ctx.finetune)
+    if tune is not None:
         ctx.require("train_data", "drop-bound (fine-tuning after each layer; set "
-                                  "finetune_epochs=0 to skip it)")
+                                  "finetune: {epochs: 0} to skip it)")
     from modelzip.prune.structured import remove_output_channels
 
     model.eval()
@@ -685,8 +693,8 @@ def drop_bound_prune(model: nn.Module, config: DropBoundConfig, ctx: Context) ->
             "evaluations": result.evaluations, "prefix_cached": bool(shortened),
             "final_mean_reward": result.history[-1]["mean_reward"],
         }
-        if wants_finetune:
-            _finetune(model, config, ctx, li)
+        if tune is not None:
+            _finetune(model, config, tune, ctx, li)
             with _channels_last(model):
                 tuned = val.accuracy_pct(model)
             record["val_accuracy_after_finetune_pct"] = tuned

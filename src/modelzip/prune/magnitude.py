@@ -21,19 +21,15 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from modelzip.core.selection import LayerSelector, select, select_values
 from modelzip.errors import ConfigError
-from modelzip.prune.masks import (
-    MaskKeeper,
-    apply_masks,
-    layer_of,
-    prunable_weights,
-    weight_param,
-)
+from modelzip.finetune import FinetuneConfig, resolve_finetune
+from modelzip.prune.masks import MaskKeeper, apply_masks, layer_of, prunable_weights
 from modelzip.prune.schedules import (
     ROUND_SCHEDULES,
     agp_prune_steps,
@@ -43,13 +39,11 @@ from modelzip.prune.schedules import (
     round_sparsities,
 )
 from modelzip.registry import Context, normalise_layers, register_technique
-from modelzip.train import TrainConfig
 
 __all__ = [
     "AGPConfig",
     "IterativeMagnitudeConfig",
     "MagnitudePruneConfig",
-    "RetrainSettings",
     "agp_prune",
     "global_sparsity_masks",
     "iterative_magnitude_prune",
@@ -175,22 +169,39 @@ def _normalise_layers(config: Any, technique: str) -> None:
     normalise_layers(config, technique, "sparsity", "prune")
 
 
+# Options of the retraining techniques that moved into their ``finetune`` settings.
+_RETRAIN_RENAMED = {
+    **{key: f"finetune: {{{key}: ...}}" for key in ("lr", "weight_decay", "batch_size",
+                                                    "momentum", "optimizer", "augment",
+                                                    "seed")},
+    "lr_schedule": "finetune: {schedule: ...}",
+}
+
+
+def _check_epochs(technique: str, key: str, settings: FinetuneConfig | None,
+                  minimum: int) -> None:
+    if settings is not None and settings.epochs is not None and settings.epochs < minimum:
+        raise ConfigError(f"{technique}: {key}: epochs must be >= {minimum}, got "
+                          f"{settings.epochs}")
+
+
 @dataclass(frozen=True)
 class MagnitudePruneConfig:
     """One-shot magnitude pruning. Give exactly one target:
 
     - ``sparsity``: fraction of each layer's weights to remove, exactly round(s * n); one
-      number for all layers or a mapping layer name -> sparsity;
+      number for all layers or a mapping layer name (or pattern) -> sparsity;
     - ``global_sparsity``: fraction of all chosen weights, ranked together by magnitude;
     - ``quality``: Han et al.'s threshold, quality x std of each layer's weights.
 
-    ``layers``: layer (module) names to prune; default every Linear and Conv weight. Biases
-    are never pruned; weights pruned before stay pruned."""
+    ``layers``: which Linear and Conv layers to prune (a ``LayerSelector``: names or
+    patterns, types, ignore); default every one. Biases are never pruned; weights pruned
+    before stay pruned."""
 
     sparsity: float | dict[str, float] | None = None
     global_sparsity: float | None = None
     quality: float | None = None
-    layers: tuple[str, ...] | None = None
+    layers: LayerSelector | None = None
 
     def __post_init__(self) -> None:
         _check_targets("magnitude", self.sparsity, self.global_sparsity, self.quality)
@@ -198,52 +209,32 @@ class MagnitudePruneConfig:
 
 
 @dataclass(frozen=True)
-class RetrainSettings:
-    """Overrides of the context's fine-tuning TrainConfig for retraining (None keeps it)."""
+class IterativeMagnitudeConfig:
+    """Han et al. 2015: ``rounds`` of (prune to the round's target -> retrain), the targets
+    rising along ``sparsity_schedule`` (linear | geometric | cubic) to the final ``sparsity``
+    (per layer: a number or a mapping layer -> sparsity) or ``global_sparsity``.
 
-    lr: float | None = None
-    weight_decay: float | None = None  # L2 on weights during retraining, as Han et al.
-    batch_size: int | None = None
-    momentum: float | None = None
-    optimizer: str | None = None
-    lr_schedule: str | None = None
-    augment: str | None = None
-    seed: int | None = None
+    ``finetune``: the retraining after each round (None: 2 epochs; settings left out come
+    from the context's fine-tuning, e.g. ``{epochs: 1, lr: 0.01, weight_decay: 1e-4}`` for
+    Han's L2); ``final_finetune``: overrides of it for the last round (None: the same).
+    ``scale_dropout`` sets each Dropout's rate by Han's D_r = D_o sqrt(C_r / C_o), C the
+    connections of the layer whose outputs it drops. ``layers``: as for ``magnitude``."""
 
-    def _overrides(self) -> dict[str, Any]:
-        names = ("lr", "weight_decay", "batch_size", "momentum", "optimizer", "augment", "seed")
-        out = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
-        if self.lr_schedule is not None:
-            out["schedule"] = self.lr_schedule
-        return out
-
-    def train_config(self, base: TrainConfig | None, epochs: int) -> TrainConfig:
-        return dataclasses.replace(base or TrainConfig(), **self._overrides(), epochs=epochs)
-
-    def _check_training(self, technique: str, epochs: int) -> None:
-        try:
-            TrainConfig(**self._overrides(), epochs=max(epochs, 1))
-        except ConfigError as exc:
-            raise ConfigError(f"{technique}: {exc}") from None
-
-
-@dataclass(frozen=True)
-class IterativeMagnitudeConfig(RetrainSettings):
-    """Han et al. 2015: ``rounds`` of (prune to the round's target -> retrain ``epochs``),
-    the targets rising along ``sparsity_schedule`` (linear | geometric | cubic) to the final
-    ``sparsity`` (per layer: a number or a mapping layer -> sparsity) or ``global_sparsity``.
-    ``final_epochs`` retrains the last round longer (None: ``epochs``). ``scale_dropout``
-    sets each Dropout's rate by Han's D_r = D_o sqrt(C_r / C_o), C the connections of the
-    layer whose outputs it drops."""
+    RENAMED: ClassVar[dict[str, str]] = {
+        **_RETRAIN_RENAMED,
+        "epochs": "finetune: {epochs: N} (epochs of each round)",
+        "final_epochs": "final_finetune: {epochs: N}",
+    }
+    DEFAULT_FINETUNE: ClassVar[FinetuneConfig] = FinetuneConfig(epochs=2)
 
     sparsity: float | dict[str, float] | None = None
     global_sparsity: float | None = None
     rounds: int = 3
     sparsity_schedule: str = "geometric"
-    epochs: int = 2
-    final_epochs: int | None = None
+    finetune: FinetuneConfig | None = None
+    final_finetune: FinetuneConfig | None = None
     scale_dropout: bool = False
-    layers: tuple[str, ...] | None = None
+    layers: LayerSelector | None = None
 
     def __post_init__(self) -> None:
         name = "iterative-magnitude"
@@ -254,30 +245,45 @@ class IterativeMagnitudeConfig(RetrainSettings):
         if self.sparsity_schedule not in ROUND_SCHEDULES:
             raise ConfigError(f"{name}: sparsity_schedule must be one of "
                               f"{', '.join(ROUND_SCHEDULES)}, got {self.sparsity_schedule!r}")
-        if self.epochs < 1:
-            raise ConfigError(f"{name}: epochs (per round) must be >= 1, got {self.epochs}")
-        if self.final_epochs is not None and self.final_epochs < 1:
-            raise ConfigError(f"{name}: final_epochs must be >= 1, got {self.final_epochs}")
-        self._check_training(name, self.epochs)
+        _check_epochs(name, "finetune", self.finetune, 1)  # every round retrains
+        _check_epochs(name, "final_finetune", self.final_finetune, 1)
+
+    def round_finetune(self, final: bool) -> FinetuneConfig:
+        """The settings of a round's retraining (still over the context's)."""
+        each = (self.finetune or FinetuneConfig()).over(self.DEFAULT_FINETUNE)
+        return (self.final_finetune or FinetuneConfig()).over(each) if final else each
 
 
 @dataclass(frozen=True)
-class AGPConfig(RetrainSettings):
-    """Zhu & Gupta 2017: train ``epochs`` while the sparsity rises from
-    ``initial_sparsity`` to the final ``sparsity`` (per layer) or ``global_sparsity`` along
+class AGPConfig:
+    """Zhu & Gupta 2017: train while the sparsity rises from ``initial_sparsity`` to the
+    final ``sparsity`` (per layer) or ``global_sparsity`` along
     s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3, raised every ``prune_every`` (dt)
     optimizer steps from ``start_step`` (t0) for ``n_prunes`` (n; None: as many as fit in
-    the epochs); then ``final_epochs`` of fine-tuning at the final sparsity."""
+    the epochs); then a fine-tune at the final sparsity.
+
+    ``finetune``: the training run during which pruning happens (None: 4 epochs; settings
+    left out come from the context's fine-tuning); ``final_finetune``: overrides of it for
+    the fine-tune at the end (None: 1 epoch; ``{epochs: 0}``: none). ``layers``: as for
+    ``magnitude``."""
+
+    RENAMED: ClassVar[dict[str, str]] = {
+        **_RETRAIN_RENAMED,
+        "epochs": "finetune: {epochs: N} (the training run during which pruning happens)",
+        "final_epochs": "final_finetune: {epochs: N}",
+    }
+    DEFAULT_FINETUNE: ClassVar[FinetuneConfig] = FinetuneConfig(epochs=4)
+    DEFAULT_FINAL_FINETUNE: ClassVar[FinetuneConfig] = FinetuneConfig(epochs=1)
 
     sparsity: float | dict[str, float] | None = None
     global_sparsity: float | None = None
     initial_sparsity: float = 0.0
-    epochs: int = 4
     prune_every: int = 100
     start_step: int = 0
     n_prunes: int | None = None
-    final_epochs: int = 1
-    layers: tuple[str, ...] | None = None
+    finetune: FinetuneConfig | None = None
+    final_finetune: FinetuneConfig | None = None
+    layers: LayerSelector | None = None
 
     def __post_init__(self) -> None:
         name = "agp"
@@ -289,53 +295,46 @@ class AGPConfig(RetrainSettings):
         if any(self.initial_sparsity > s for s in finals):
             raise ConfigError(f"{name}: initial_sparsity {self.initial_sparsity} is above the "
                               f"final sparsity {min(finals)}")
-        if self.epochs < 1:
-            raise ConfigError(f"{name}: epochs must be >= 1, got {self.epochs}")
-        if self.final_epochs < 0:
-            raise ConfigError(f"{name}: final_epochs must be >= 0, got {self.final_epochs}")
+        _check_epochs(name, "finetune", self.finetune, 1)  # pruning happens while it trains
         if self.prune_every < 1:
             raise ConfigError(f"{name}: prune_every must be >= 1 step, got {self.prune_every}")
         if self.start_step < 0:
             raise ConfigError(f"{name}: start_step must be >= 0, got {self.start_step}")
         if self.n_prunes is not None and self.n_prunes < 0:
             raise ConfigError(f"{name}: n_prunes must be >= 0, got {self.n_prunes}")
-        self._check_training(name, self.epochs)
+
+    def pruning_finetune(self) -> FinetuneConfig:
+        """The settings of the training run during which the sparsity rises."""
+        return (self.finetune or FinetuneConfig()).over(self.DEFAULT_FINETUNE)
+
+    def end_finetune(self) -> FinetuneConfig:
+        """The settings of the fine-tune at the final sparsity (epochs 0: none)."""
+        final = (self.final_finetune or FinetuneConfig()).over(self.DEFAULT_FINAL_FINETUNE)
+        return final.over(self.pruning_finetune())
 
 
 # ============================================================================ module surgery
-def _resolve(model: nn.Module, names: Iterable[str], technique: str, ctx: Context
-             ) -> dict[str, str]:
-    """Map each requested name (a layer like "fc1", or its weight "fc1.weight") to the
-    parameter name of its prunable weight. Unknown names raise ConfigError listing the
-    valid ones; names that exist but cannot be pruned are logged and skipped."""
-    prunable = prunable_weights(model)
+def _prunable_layers(model: nn.Module) -> tuple[dict[str, str], dict[str, nn.Module]]:
+    """Prunable weights as (layer name -> parameter name, layer name -> module)."""
     modules = dict(model.named_modules())
-    params = dict(model.named_parameters())
-    chosen: dict[str, str] = {}
-    skipped: list[str] = []
-    unknown: list[str] = []
-    for name in names:
-        if (param := weight_param(name, prunable)) is not None:
-            chosen[name] = param
-        elif name in params:
-            why = "a bias; biases are never pruned" if name.endswith("bias") else \
-                "not the weight of a Linear or Conv layer"
-            skipped.append(f"{name} ({why})")
-        elif name in modules:
-            skipped.append(f"{name} ({type(modules[name]).__name__}: no Linear or Conv weight)")
-        else:
-            unknown.append(name)
-    if unknown:
-        valid = ", ".join(layer_of(p) or p for p in prunable)
-        raise ConfigError(f"{technique}: no layer named {', '.join(map(repr, unknown))} in this "
-                          f"model; prunable layers: {valid}")
-    if skipped:
-        ctx.log(f"{technique}: skipping {len(skipped)} layer(s) that cannot be pruned: "
-                f"{'; '.join(skipped)}")
-    if not chosen:
-        raise ConfigError(f"{technique}: none of the named layers can be pruned; prunable "
-                          f"layers: {', '.join(layer_of(p) or p for p in prunable)}")
-    return chosen
+    params = {layer_of(p): p for p in prunable_weights(model)}
+    return params, {n: modules[n] for n in params}
+
+
+def _chosen(model: nn.Module, technique: str, config: Any
+            ) -> tuple[list[str], dict[str, float] | None]:
+    """The parameter names to prune (model order) and, for a per-layer sparsity mapping,
+    each one's final sparsity. Names or patterns that match no prunable layer raise a
+    ConfigError that lists the prunable ones."""
+    params, layers = _prunable_layers(model)
+    options = {"technique": technique, "model": model, "kind": "prunable layers",
+               "takes": "Linear and Conv layers"}
+    if not layers:
+        raise ConfigError(f"{technique}: this model has no Linear or Conv weight to prune")
+    if isinstance(config.sparsity, dict):
+        values = select_values(config.sparsity, layers, selector=config.layers, **options)
+        return [params[n] for n in values], {params[n]: float(s) for n, s in values.items()}
+    return [params[n] for n in select(config.layers, layers, **options)], None
 
 
 @dataclass
@@ -371,22 +370,16 @@ class _Plan:
 
 def _make_plan(model: nn.Module, technique: str, config: Any, ctx: Context) -> _Plan:
     prunable = prunable_weights(model)
-    sparsity = config.sparsity
-    if isinstance(sparsity, dict):
-        resolved = _resolve(model, sparsity, technique, ctx)
-        per_layer = {p: float(sparsity[n]) for n, p in resolved.items()}
-        names = [p for p in prunable if p in per_layer]  # model order
-    else:
-        names = (list(prunable) if config.layers is None
-                 else list(dict.fromkeys(_resolve(model, config.layers, technique, ctx).values())))
-        per_layer = None if sparsity is None else dict.fromkeys(names, float(sparsity))
-        if config.layers is None:
-            pruned_layers = {layer_of(p) for p in prunable}
-            others = [f"{n} ({type(m).__name__})" for n, m in model.named_modules()
-                      if n not in pruned_layers and any(True for _ in m.parameters(recurse=False))]
-            if others:
-                ctx.log(f"{technique}: not pruned (only Linear and Conv weights are): "
-                        f"{', '.join(others)}")
+    names, per_layer = _chosen(model, technique, config)
+    if per_layer is None and config.sparsity is not None:
+        per_layer = dict.fromkeys(names, float(config.sparsity))
+    if config.layers is None and not isinstance(config.sparsity, dict):
+        pruned_layers = {layer_of(p) for p in prunable}
+        others = [f"{n} ({type(m).__name__})" for n, m in model.named_modules()
+                  if n not in pruned_layers and any(True for _ in m.parameters(recurse=False))]
+        if others:
+            ctx.log(f"{technique}: not pruned (only Linear and Conv weights are): "
+                    f"{', '.join(others)}")
     quality = getattr(config, "quality", None)
     if quality is not None:  # a std needs two values
         tiny = [p for p in names if prunable[p].numel() < 2]
@@ -522,13 +515,11 @@ def iterative_magnitude_prune(model: nn.Module, config: IterativeMagnitudeConfig
                 c_now = int(ctx.masks[p].sum())
                 modules[d].p = han_dropout(d_orig[d], c_orig[p], min(c_now, c_orig[p]))
                 info["dropout"][d] = modules[d].p
-        epochs = (config.final_epochs or config.epochs) if k == config.rounds - 1 \
-            else config.epochs
-        cfg = config.train_config(ctx.finetune, epochs)
+        cfg = config.round_finetune(final=k == config.rounds - 1).merged(ctx.finetune)
         start = time.perf_counter()
         with MaskKeeper(model, ctx.masks) as keeper:
             ctx.train(model, cfg, data=train, step_callbacks=[keeper], validate=False)
-        info["epochs"] = epochs
+        info["epochs"] = cfg.epochs
         info["wall_time_s"] = round(time.perf_counter() - start, 2)
         if ctx.val_data is not None:
             info["val_error_pct"] = ctx.val_error(model)
@@ -541,7 +532,8 @@ def iterative_magnitude_prune(model: nn.Module, config: IterativeMagnitudeConfig
     ctx.records.append({"step": name, "mode": plan.mode, "target": plan.target(),
                         "rounds": rounds, "layers": rounds[-1]["layers"],
                         "epochs_total": sum(r["epochs"] for r in rounds),
-                        "train": config.train_config(ctx.finetune, config.epochs).to_dict()})
+                        "train": config.round_finetune(final=False).merged(ctx.finetune)
+                        .to_dict()})
     return model
 
 
@@ -582,15 +574,16 @@ def agp_prune(model: nn.Module, config: AGPConfig, ctx: Context) -> nn.Module:
     name = "agp"
     train = ctx.require("train_data", name)
     plan = _make_plan(model, name, config, ctx)
-    cfg = config.train_config(ctx.finetune, config.epochs)
-    total_steps = config.epochs * math.ceil(len(train) / cfg.batch_size)
+    cfg = config.pruning_finetune().merged(ctx.finetune)
+    final = resolve_finetune(config.end_finetune(), None, ctx.finetune)
+    total_steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
     every, t0 = config.prune_every, config.start_step
     n = config.n_prunes if config.n_prunes is not None else max((total_steps - t0) // every, 0)
     if t0 + n * every > total_steps:
         raise ConfigError(f"{name}: the schedule ends at step {t0 + n * every} "
-                          f"(start_step + n_prunes x prune_every) but {config.epochs} epoch(s) "
+                          f"(start_step + n_prunes x prune_every) but {cfg.epochs} epoch(s) "
                           f"have only {total_steps} steps; lower n_prunes or prune_every, or "
-                          "raise epochs")
+                          "raise finetune: {epochs: N}")
 
     def sparsity_at(step: int, final: float) -> float:
         return agp_sparsity(step, initial=config.initial_sparsity, final=final,
@@ -605,17 +598,16 @@ def agp_prune(model: nn.Module, config: AGPConfig, ctx: Context) -> nn.Module:
         ctx.train(model, cfg, data=train, step_callbacks=[pruner], validate=False)
     finally:
         pruner.remove()
-    if config.final_epochs:
+    if final is not None:
         with MaskKeeper(model, ctx.masks) as keeper:
-            ctx.train(model, config.train_config(ctx.finetune, config.final_epochs),
-                      data=train, step_callbacks=[keeper], validate=False)
+            ctx.train(model, final, data=train, step_callbacks=[keeper], validate=False)
     wall = time.perf_counter() - start
     layers = pruner.layers  # the last raise reached the final sparsity
     record: dict[str, Any] = {"step": name, "mode": plan.mode, "target": plan.target(),
                               "initial_sparsity": config.initial_sparsity, "start_step": t0,
                               "prune_every": every, "n_prunes": n, "events": pruner.events,
                               "layers": layers,
-                              "epochs_total": config.epochs + config.final_epochs,
+                              "epochs_total": cfg.epochs + (final.epochs if final else 0),
                               "wall_time_s": round(wall, 2), "train": cfg.to_dict()}
     if ctx.val_data is not None:
         record["val_error_pct"] = ctx.val_error(model)

@@ -32,14 +32,16 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from modelzip.core.selection import LayerSelector, as_selector, matches, select
 from modelzip.data import ImageDataset
 from modelzip.errors import ConfigError
 from modelzip.prune.structured import (
+    ChannelGroup,
     ExampleInputs,
     StructuredPruneConfig,
     channel_groups,
@@ -48,7 +50,7 @@ from modelzip.prune.structured import (
     prune_in_place,
     structured_prune,
 )
-from modelzip.registry import Context, register_technique
+from modelzip.registry import Context, normalise_layers, register_technique
 from modelzip.train import evaluate
 
 __all__ = [
@@ -139,21 +141,21 @@ def _accuracy(model: nn.Module, data: ImageDataset, batch_size: int) -> float:
 @torch.no_grad()
 def magnitude_sensitivity(model: nn.Module, data: ImageDataset, *,
                           sparsities: Sequence[float] = DEFAULT_SPARSITIES,
-                          layers: Sequence[str] | None = None,
+                          layers: LayerSelector | Sequence[str] | None = None,
                           batch_size: int = 500,
                           progress: Callable[[str], None] | None = None) -> SensitivityCurves:
     """Accuracy on ``data`` with the smallest-magnitude fraction ``s`` of one layer's weights
-    zeroed, for each layer (Conv/Linear, by module name) and each ``s``; the weights are
-    restored after each measurement."""
+    zeroed, for each layer (Conv/Linear, by module name; ``layers``: a ``LayerSelector`` or
+    names/patterns) and each ``s``; the weights are restored after each measurement."""
     from modelzip.prune.magnitude import sparsity_mask
-    from modelzip.prune.masks import prunable_weights
+    from modelzip.prune.masks import layer_of, prunable_weights
 
     levels = _check_levels(sparsities, "sparsities")
-    weights = {name.removesuffix(".weight"): w for name, w in prunable_weights(model).items()}
-    chosen = list(weights) if layers is None else list(layers)
-    unknown = [n for n in chosen if n not in weights]
-    if unknown:
-        raise ConfigError(f"unknown layer(s) {', '.join(unknown)}; layers: {', '.join(weights)}")
+    weights = {layer_of(name): w for name, w in prunable_weights(model).items()}
+    modules = dict(model.named_modules())
+    chosen = select(_selector(layers), {n: modules[n] for n in weights},
+                    technique="sensitivity", model=model, kind="prunable layers",
+                    takes="Linear and Conv layers")
     was_training = model.training
     model.eval()
     baseline = _accuracy(model, data, batch_size)
@@ -183,30 +185,21 @@ def magnitude_sensitivity(model: nn.Module, data: ImageDataset, *,
 def channel_sensitivity(model: nn.Module, data: ImageDataset, *,
                         ratios: Sequence[float] = DEFAULT_RATIOS,
                         criterion: str = "l1", round_to: int = 1,
-                        layers: Sequence[str] | None = None,
-                        ignored: Sequence[str] = (),
+                        layers: LayerSelector | Sequence[str] | None = None,
                         batch_size: int = 500,
                         example_input: ExampleInputs | None = None,
                         progress: Callable[[str], None] | None = None) -> SensitivityCurves:
     """Accuracy on ``data`` with a fraction ``r`` of one channel group's output channels
     (lowest ``criterion`` norm first) physically removed, for each prunable group (keyed by
-    its root layer, see ``modelzip.prune.structured.channel_groups``) and each ``r``; ``layers``
-    limits the groups (any layer of a group selects it), a group holding a layer of
-    ``ignored`` is left out. A level that would leave no channel is recorded as accuracy 0.
-    ``example_input``: one batch of the model's inputs that the graph is traced on (a tensor,
-    a tuple or a dict of keyword tensors); by default a random batch of the zoo's input
-    shape."""
+    its root layer, see ``modelzip.prune.structured.channel_groups``) and each ``r``.
+    ``layers`` (a ``LayerSelector`` or names/patterns) limits the groups: any chosen layer
+    of a group selects it, and a group holding a layer of its ``ignore`` is left out. A
+    level that would leave no channel is recorded as accuracy 0. ``example_input``: one
+    batch of the model's inputs that the graph is traced on (a tensor, a tuple or a dict of
+    keyword tensors); by default a random batch of the zoo's input shape."""
     levels = _check_levels(ratios, "ratios")
     example = example_input if example_input is not None else example_input_for(model)
-    groups = [g for g in channel_groups(model, example)
-              if g.prunable and not set(g.layers) & set(ignored)]
-    if layers is not None:
-        known = {name for g in groups for name in g.layers}
-        unknown = [n for n in layers if n not in known]
-        if unknown:
-            raise ConfigError(f"unknown or unprunable layer(s) {', '.join(unknown)}; prunable "
-                              f"layers: {', '.join(sorted(known))}")
-        groups = [g for g in groups if set(g.layers) & set(layers)]
+    groups = _chosen_groups(model, channel_groups(model, example), _selector(layers))
     model = copy.deepcopy(model).eval()
     baseline = _accuracy(model, data, batch_size)
     acc: dict[str, list[float]] = {}
@@ -234,6 +227,29 @@ def channel_sensitivity(model: nn.Module, data: ImageDataset, *,
     return SensitivityCurves("channels", levels, baseline, acc, achieved,
                              {g.root: g.channels for g in groups}, len(data),
                              f"{data.name}/{data.split}", criterion, round_to)
+
+
+def _selector(layers: LayerSelector | Sequence[str] | None) -> LayerSelector | None:
+    return as_selector(layers, "sensitivity: layers")
+
+
+def _chosen_groups(model: nn.Module, groups: list[ChannelGroup],
+                   selector: LayerSelector | None) -> list[ChannelGroup]:
+    """The prunable groups that ``selector`` chooses (a chosen layer in them, no ignored
+    one); a name or pattern that takes no layer of a prunable group is an error."""
+    selector = selector or LayerSelector()
+    layers = {n: m for n, m in model.named_modules()
+              if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear)}
+    chosen = set(select(selector, layers, technique="sensitivity", model=model,
+                        kind="Conv/Linear layers", takes="Conv and Linear layers"))
+    groups = [g for g in groups if g.prunable and not any(selector.ignores(n) for n in g.layers)]
+    known = {n for g in groups for n in g.layers}
+    unprunable = [e for e in selector.names if not any(matches(e, n) for n in known)]
+    if unprunable:
+        raise ConfigError(f"sensitivity: unknown or unprunable layer(s) "
+                          f"{', '.join(unprunable)}; prunable layers: "
+                          f"{', '.join(n for n in layers if n in known)}")
+    return [g for g in groups if set(g.layers) & chosen]
 
 
 def plot_sensitivity(curves: SensitivityCurves | Sequence[SensitivityCurves],
@@ -333,13 +349,16 @@ def allocate(curves: SensitivityCurves, *, target_flops: float | None = None,
              target_sparsity: float | None = None, model: nn.Module | None = None,
              max_level: float = 1.0, steps: int = 16,
              example_input: ExampleInputs | None = None,
-             ignored: Sequence[str] = ()) -> Allocation:
+             layers: LayerSelector | None = None) -> Allocation:
     """Per-layer levels for one target, by the rule in the module docstring.
 
     ``target_sparsity`` (fraction of weights removed): with "magnitude" curves, over the
     weights of the layers measured (computed); with "channels" curves, over all parameters
     of ``model`` (measured on a pruned copy). ``target_flops`` (fraction of MACs kept, e.g.
-    0.5): "channels" curves only, measured on a pruned copy of ``model``."""
+    0.5): "channels" curves only, measured on a pruned copy of ``model``. ``layers``: only
+    its ``ignore`` counts here (the pruned copies keep those layers' channels)."""
+    keep = LayerSelector(ignore=layers.ignore) if layers is not None and layers.ignore \
+        else None
     if (target_flops is None) == (target_sparsity is None):
         raise ConfigError("give exactly one of target_flops and target_sparsity")
     if target_flops is not None and not 0.0 < target_flops < 1.0:
@@ -382,7 +401,7 @@ def allocate(curves: SensitivityCurves, *, target_flops: float | None = None,
             ratio = {n: r for n, r in lv.items() if r > 0}
             cfg = StructuredPruneConfig(ratio=ratio, criterion=curves.criterion
                                         if curves.criterion in ("l1", "l2") else "l1",
-                                        round_to=curves.round_to, ignored=tuple(ignored))
+                                        round_to=curves.round_to, layers=keep)
             cache[key] = prune_in_place(copy.deepcopy(base), cfg, example,
                                         check_each_group=False)
         return cache[key]
@@ -415,7 +434,11 @@ class AutoStructuredConfig:
     "kept" because ``sparsity`` and ``l1-filter``'s ``ratio`` say what is removed) or
     ``sparsity`` (fraction of parameters to remove). ``levels``: channel ratios measured per group;
     ``max_ratio``: no group loses more; ``val_images``: how many validation images measure
-    the accuracy (a seeded, stratified subset)."""
+    the accuracy (a seeded, stratified subset). ``layers``: which channel groups may be
+    pruned (a ``LayerSelector``, as for ``l1-filter``: a group holding a chosen layer, none
+    of ``ignore``)."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"ignored": "layers: {ignore: [...]}"}
 
     flops_kept: float | None = None
     sparsity: float | None = None
@@ -424,7 +447,7 @@ class AutoStructuredConfig:
     levels: tuple[float, ...] = DEFAULT_RATIOS
     max_ratio: float = 0.75
     val_images: int = 2000
-    ignored: tuple[str, ...] = ()
+    layers: LayerSelector | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -437,7 +460,7 @@ class AutoStructuredConfig:
                 raise ConfigError(f"{name} must be in (0, 1), got {v}")
         StructuredPruneConfig(ratio=0.0, criterion=self.criterion, round_to=self.round_to)
         object.__setattr__(self, "levels", _check_levels(self.levels, "levels"))
-        object.__setattr__(self, "ignored", tuple(self.ignored))
+        normalise_layers(self, "auto-structured", verb="prune")
         if not 0.0 < self.max_ratio < 1.0:
             raise ConfigError(f"max_ratio must be in (0, 1), got {self.max_ratio}")
         if self.val_images < 10:
@@ -464,11 +487,11 @@ def auto_structured_prune(model: nn.Module, config: AutoStructuredConfig,
     example = example_input_for(model, ctx)
     log = ctx.log if ctx.progress else None
     curves = channel_sensitivity(model, val, ratios=config.levels, criterion=config.criterion,
-                                 round_to=config.round_to, ignored=config.ignored,
+                                 round_to=config.round_to, layers=config.layers,
                                  example_input=example, progress=log)
     alloc = allocate(curves, target_flops=config.flops_kept, target_sparsity=config.sparsity,
                      model=model, max_level=config.max_ratio, example_input=example,
-                     ignored=config.ignored)
+                     layers=config.layers)
     ratios = {n: r for n, r in alloc.levels.items() if r > 0}
     ctx.log(f"auto-structured: tolerance {alloc.tolerance_points:.2f} points, ratios " +
             ", ".join(f"{n}={r:.2f}" for n, r in ratios.items()))
@@ -477,6 +500,8 @@ def auto_structured_prune(model: nn.Module, config: AutoStructuredConfig,
                         "predicted": alloc.achieved, "sensitivity": curves.to_dict()})
     if not ratios:
         return model
+    # The ratios name the layers; ignore still keeps the channels coupled to those layers.
+    keep = LayerSelector(ignore=config.layers.ignore) \
+        if config.layers is not None and config.layers.ignore else None
     return structured_prune(model, StructuredPruneConfig(
-        ratio=ratios, criterion=config.criterion, round_to=config.round_to,
-        ignored=config.ignored), ctx)
+        ratio=ratios, criterion=config.criterion, round_to=config.round_to, layers=keep), ctx)

@@ -55,14 +55,15 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from modelzip.core.dataset import call_model, first_batch_inputs
+from modelzip.core.selection import LayerSelector, select, select_values
 from modelzip.errors import ConfigError
-from modelzip.registry import Context, register_technique
+from modelzip.registry import Context, normalise_layers, register_technique
 
 __all__ = [
     "IMPORTANCE",
@@ -905,19 +906,23 @@ class StructuredPruneConfig:
     """Filter pruning (Li et al. 2017) with physical removal of channels.
 
     ``ratio``: fraction of output channels removed from every prunable layer, or a mapping
-    layer name -> fraction (layers not named are left alone). ``criterion``: "l1" or "l2"
-    norm of the filters. ``global_ranking``: rank the filters of all layers together (scores
-    normalised per group) and remove ``ratio`` of all channels, so layers differ; needs a
-    single float ratio. ``round_to``: kept channel counts are multiples of this (8 suits SIMD
-    kernels). ``ignored``: layers whose output channels are kept. Where channels go in units
-    (a grouped convolution, attention heads), whole units are removed: the count nearest to
-    the ratio."""
+    layer name (or pattern) -> fraction (layers not named are left alone). ``criterion``:
+    "l1" or "l2" norm of the filters. ``global_ranking``: rank the filters of all layers
+    together (scores normalised per group) and remove ``ratio`` of all channels, so layers
+    differ; needs a single float ratio. ``round_to``: kept channel counts are multiples of
+    this (8 suits SIMD kernels). ``layers``: which Conv/Linear layers to prune (a
+    ``LayerSelector``; a channel group is pruned when it holds a chosen layer); its
+    ``ignore`` keeps the output channels of those layers and of every layer coupled to them.
+    Where channels go in units (a grouped convolution, attention heads), whole units are
+    removed: the count nearest to the ratio."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"ignored": "layers: {ignore: [...]}"}
 
     ratio: float | dict[str, float] = 0.5
     criterion: str = "l1"
     global_ranking: bool = False
     round_to: int = 1
-    ignored: tuple[str, ...] = ()
+    layers: LayerSelector | None = None
 
     def __post_init__(self) -> None:
         if self.criterion not in IMPORTANCE:
@@ -937,7 +942,7 @@ class StructuredPruneConfig:
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) \
                 or self.round_to < 1:
             raise ConfigError(f"round_to must be an integer >= 1, got {self.round_to!r}")
-        object.__setattr__(self, "ignored", tuple(self.ignored))
+        normalise_layers(self, "l1-filter", "ratio", "prune")
 
 
 def example_input_for(model: nn.Module, ctx: Context | None = None) -> ExampleInputs:
@@ -1019,16 +1024,32 @@ def _group_ratio(group: _Group, ratio: dict[str, float]) -> float | None:
     return next(iter(named.values()))
 
 
-def _plan(groups: list[_Group], config: StructuredPruneConfig
-          ) -> list[tuple[_Group, list[int]]]:
-    """Root channel indices to remove, per prunable group."""
+def _chosen_layers(model: nn.Module, config: StructuredPruneConfig, selector: LayerSelector
+                   ) -> tuple[float | dict[str, float], set[str]]:
+    """The ratio (a per-layer mapping resolved to layer names) and the Conv/Linear layers
+    the config chooses; names or patterns that match none raise a ConfigError."""
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, _LAYER_TYPES)}
+    options = {"technique": "l1-filter", "model": model, "kind": "Conv/Linear layers",
+               "takes": "Conv and Linear layers"}
+    if isinstance(config.ratio, dict):
+        ratio = select_values(config.ratio, layers, selector=selector, **options)
+        return ratio, set(ratio)
+    if not layers:
+        raise ConfigError("l1-filter: this model has no Conv or Linear layer to prune")
+    return float(config.ratio), set(select(selector, layers, **options))
+
+
+def _plan(groups: list[_Group], config: StructuredPruneConfig,
+          ratio: float | dict[str, float]) -> list[tuple[_Group, list[int]]]:
+    """Root channel indices to remove, per prunable group (``ratio``: the config's, a
+    mapping resolved to layer names)."""
     plan: list[tuple[_Group, list[int]]] = []
     if config.global_ranking:
         scores = [_scores(g, config.criterion) for g in groups]
         flat = sorted((s, gi, k) for gi, g in enumerate(groups)
                       for k, s in enumerate(_unit_scores(g, scores[gi])))
         total = sum(g.channels for g in groups)
-        n_remove = math.floor(total * float(config.ratio) + 0.5)  # type: ignore[arg-type]
+        n_remove = math.floor(total * float(ratio) + 0.5)  # type: ignore[arg-type]
         removed = [0] * len(groups)
         count = 0
         for _, gi, k in flat:
@@ -1044,8 +1065,7 @@ def _plan(groups: list[_Group], config: StructuredPruneConfig
                 plan.append((g, idxs))
         return plan
     for g in groups:
-        r = (_group_ratio(g, config.ratio) if isinstance(config.ratio, dict)
-             else float(config.ratio))
+        r = _group_ratio(g, ratio) if isinstance(ratio, dict) else float(ratio)
         if not r:
             continue
         keep = kept_channels(g.channels, r, config.round_to)
@@ -1082,27 +1102,26 @@ def prune_in_place(model: nn.Module, config: StructuredPruneConfig,
     tr = _Traced.of(model, example_input)
     run = _run(model, tr.inputs)
     groups = _analyse(tr, run.order)
-    layer_names = [n for n, m in model.named_modules() if isinstance(m, _LAYER_TYPES)]
-    named = set(config.ignored) | (set(config.ratio) if isinstance(config.ratio, dict)
-                                   else set())
-    unknown = sorted(named - set(layer_names))
-    if unknown:
-        prunable = sorted({n for g in groups if g.reason is None for n in g.public().layers},
-                          key=layer_names.index)
-        raise ConfigError(f"unknown layer(s) {', '.join(unknown)}; prunable layers: "
-                          f"{', '.join(prunable)} (Conv/Linear layers: {', '.join(layer_names)})")
+    selector = config.layers or LayerSelector()
+    ratio, chosen = _chosen_layers(model, config, selector)
+    ignored = {n for n, m in model.named_modules()
+               if isinstance(m, _LAYER_TYPES) and selector.ignores(n)}
     usable, skipped = [], []
     for g in groups:
-        hit = sorted(set(config.ignored) & {name for _, name, _, _ in g.layers})
+        members = {name for _, name, _, _ in g.layers}
+        hit = sorted(ignored & members)
         if g.reason is None and hit:
             g.reason = f"coupled to ignored layer(s) {', '.join(hit)}"
-        (usable if g.reason is None else skipped).append(g)
+        if g.reason is not None:
+            skipped.append(g)
+        elif members & chosen:
+            usable.append(g)
     if skipped and log is not None:
         log("l1-filter: not pruned: " + "; ".join(
             f"{', '.join(g.public().layers)} ({g.reason})" for g in skipped))
     before_layers = _layer_table(model)
     params_before = sum(p.numel() for p in model.parameters())
-    plan = _plan(usable, config)
+    plan = _plan(usable, config, ratio)
     for g, idxs in plan:
         _prune_group(tr, g, idxs, masks, run.out_shapes, log, check=check_each_group)
     try:

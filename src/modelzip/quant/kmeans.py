@@ -183,7 +183,10 @@ def kmeans_1d_optimal(values: Any, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"optimal 1-D k-means handles at most {CKMEANS_MAX_K} clusters, got "
                          f"k={k}; use Lloyd's algorithm (kmeans_1d) for more")
     clusters = ckmeans.ckmeans(v.numpy(), k)
-    centroids = torch.tensor([float(np.mean(c)) for c in clusters], dtype=torch.float64)
+    # Means in float64, and distinct: two clusters of (nearly) equal values can round to the
+    # same mean; one centroid serves both at the same sum of squares.
+    centroids = torch.unique(torch.tensor([float(np.mean(np.asarray(c, dtype=np.float64)))
+                                           for c in clusters], dtype=torch.float64))
     # Each value of an optimal partition is nearest to its own cluster's mean; assigning by
     # nearest mean keeps that partition (and could only lower the sum of squares).
     return _drop_unused(centroids, assign(v, centroids))

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from modelzip.core.selection import LayerSelector, select, select_values
 from modelzip.errors import ConfigError
-from modelzip.prune.masks import layer_of, weight_param
+from modelzip.prune.masks import layer_of
 from modelzip.registry import Context
 from modelzip.registry import normalise_layers as normalise_layer_choice
 
@@ -51,42 +52,28 @@ def normalise_layers(config: Any, technique: str) -> None:
         raise ConfigError(f"{technique}: the bits mapping is empty; name at least one layer")
 
 
-def _resolve(model: nn.Module, names: list[str], technique: str) -> dict[str, str]:
-    """Requested name (layer "fc1" or weight "fc1.weight") -> weight parameter name."""
-    weights = quantizable_weights(model)
-    out: dict[str, str] = {}
-    bad = []
-    for name in names:
-        if (param := weight_param(name, weights)) is not None:
-            out[name] = param
-        else:
-            bad.append(name)
-    if bad:
-        valid = ", ".join(layer_of(p) or p for p in weights)
-        raise ConfigError(f"{technique}: {', '.join(map(repr, bad))} is not a Linear, Conv or "
-                          f"Embedding layer of this model; its quantizable layers: {valid}")
-    return out
-
-
 def plan_bits(model: nn.Module, technique: str, bits: int | dict[str, int] | None,
-              layers: tuple[str, ...] | None,
+              layers: LayerSelector | None,
               default_bits: Callable[[nn.Module], int | None]) -> dict[str, int | None]:
-    """Weight parameter name -> bits, in model order. A ``bits`` mapping names the layers;
-    otherwise ``layers`` (default: every quantizable weight, see ``quantizable_weights``) get
-    ``bits``, or ``default_bits(module)`` when ``bits`` is None."""
+    """Weight parameter name -> bits, in model order. A ``bits`` mapping (keys: names or
+    patterns) names the layers; otherwise the layers ``layers`` selects (default: every
+    quantizable weight, see ``quantizable_weights``) get ``bits``, or
+    ``default_bits(module)`` when ``bits`` is None. ``layers``' types and ignore apply
+    either way."""
     weights = quantizable_weights(model)
     if not weights:
         raise ConfigError(f"{technique}: this model has no Linear, Conv or Embedding weight "
                           "to quantize")
     modules = dict(model.named_modules())
+    candidates = {layer_of(p): modules[layer_of(p)] for p in weights}
+    options = {"technique": technique, "model": model, "kind": "quantizable layers",
+               "takes": "Linear, Conv and Embedding layers"}
     if isinstance(bits, dict):
-        resolved = _resolve(model, list(bits), technique)
-        per_param = {p: bits[name] for name, p in resolved.items()}
-        return {p: per_param[p] for p in weights if p in per_param}
-    chosen = list(weights) if layers is None else set(_resolve(model, list(layers),
-                                                               technique).values())
-    return {p: bits if bits is not None else default_bits(modules[layer_of(p)])
-            for p in weights if p in chosen}
+        chosen = select_values(bits, candidates, selector=layers, **options)
+        return {f"{n}.weight" if n else "weight": b for n, b in chosen.items()}
+    return {f"{n}.weight" if n else "weight":
+            bits if bits is not None else default_bits(candidates[n])
+            for n in select(layers, candidates, **options)}
 
 
 def kept_masks(model: nn.Module, names: list[str], ctx: Context) -> dict[str, torch.Tensor]:

@@ -2,12 +2,13 @@
 (affine, symmetric, binary, ternary), optionally with quantization-aware fine-tuning.
 
 Without fine-tuning every chosen weight is replaced by its quantized values at once. With
-``qat_epochs > 0`` each chosen weight becomes a parametrization ``weight = fake_quantize(latent)``:
-the forward pass sees the quantized values, the backward pass reaches the float latent copy
-through the straight-through estimator, and the scales follow the latent weights (min/max or
-mean |w|, recomputed every step). Pruned entries of the latent copy are held at zero by a
-``MaskKeeper``. At the end the quantized values of the final latent weights are written back
-as plain float32 weights (state_dict keys unchanged) and the latent copy is dropped.
+``finetune`` (quantization-aware training) each chosen weight becomes a parametrization
+``weight = fake_quantize(latent)``: the forward pass sees the quantized values, the backward
+pass reaches the float latent copy through the straight-through estimator, and the scales
+follow the latent weights (min/max or mean |w|, recomputed every step). Pruned entries of the
+latent copy are held at zero by a ``MaskKeeper``. At the end the quantized values of the final
+latent weights are written back as plain float32 weights (state_dict keys unchanged) and the
+latent copy is dropped.
 
 Each quantized module keeps a grid hint (``modelzip.quant.grid``): its scales and zero
 points, with which the .mzip encoder stores the weight as its integer codes.
@@ -15,16 +16,17 @@ points, with which the .mzip encoder stores the weight as its integer codes.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from modelzip.core.selection import LayerSelector
 from modelzip.errors import ConfigError
+from modelzip.finetune import FinetuneConfig, resolve_finetune
 from modelzip.prune.masks import MaskKeeper
 from modelzip.quant.grid import grid_hint, set_grid_hint
 from modelzip.quant.targets import (
@@ -46,7 +48,6 @@ from modelzip.quant.uniform import (
     quantize,
 )
 from modelzip.registry import Context, register_technique
-from modelzip.train import TrainConfig
 
 __all__ = ["UniformQuantConfig", "uniform_quantize"]
 
@@ -60,22 +61,29 @@ class UniformQuantConfig:
 
     - ``scheme``: affine (min/max, integer zero point) | symmetric | binary | ternary;
     - ``bits``: 2..8 for affine and symmetric (default 8), one number or a mapping
-      layer -> bits that names the layers to quantize; leave it out for binary and ternary;
+      layer (name or pattern) -> bits that names the layers to quantize; leave it out for
+      binary and ternary;
     - ``per_channel``: one scale (and zero point) per row along axis 0 instead of per tensor
       (an output channel; a token's vector of an Embedding);
-    - ``layers``: layer names to quantize (default every Linear, Conv and Embedding weight);
-    - ``qat_epochs``: epochs of quantization-aware fine-tuning (straight-through estimator)
-      on the context's training data; ``lr`` overrides the fine-tuning learning rate.
+    - ``layers``: which layers (a ``LayerSelector``: names or patterns, types, ignore;
+      default every Linear, Conv and Embedding weight);
+    - ``finetune``: quantization-aware fine-tuning (straight-through estimator) on the
+      context's training data; settings left out come from the context's fine-tuning. None
+      (the default) or ``{epochs: 0}``: no QAT.
 
     Pruned weights stay exactly 0; kept weights within half a step of 0 become 0 too (each
     layer's record counts them as ``rounded_to_zero``)."""
 
+    RENAMED: ClassVar[dict[str, str]] = {
+        "qat_epochs": "finetune: {epochs: N} (quantization-aware training)",
+        "lr": "finetune: {lr: X} (the QAT learning rate)",
+    }
+
     bits: int | dict[str, int] | None = None
     scheme: str = "affine"
     per_channel: bool = False
-    layers: tuple[str, ...] | None = None
-    qat_epochs: int = 0
-    lr: float | None = None
+    layers: LayerSelector | None = None
+    finetune: FinetuneConfig | None = None
 
     def __post_init__(self) -> None:
         name = "uniform"
@@ -91,12 +99,6 @@ class UniformQuantConfig:
             raise ConfigError(f"{name}: a {self.scheme} weight has no bit width to choose; "
                               "leave bits out (use layers to pick the layers)")
         normalise_layers(self, name)
-        if isinstance(self.qat_epochs, bool) or not isinstance(self.qat_epochs, int) \
-                or self.qat_epochs < 0:
-            raise ConfigError(f"{name}: qat_epochs must be an integer >= 0, got "
-                              f"{self.qat_epochs!r}")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"{name}: lr must be > 0, got {self.lr}")
 
 
 class _FakeQuantWeight(nn.Module):
@@ -155,8 +157,10 @@ def uniform_quantize(model: nn.Module, config: UniformQuantConfig, ctx: Context)
     """Uniform weight quantization: affine/symmetric 2-8 bits, binary, ternary; optional QAT.
 
     Chosen weights end as float32 tensors holding their quantized values; with
-    ``qat_epochs`` they are first fine-tuned through a straight-through estimator."""
+    ``finetune`` they are first fine-tuned through a straight-through estimator."""
     name = "uniform"
+    cfg = resolve_finetune(config.finetune, None, ctx.finetune) \
+        if config.finetune is not None else None
     grid = config.scheme in _GRID_SCHEMES
     plan = plan_bits(model, name, config.bits, config.layers,
                      lambda _: DEFAULT_BITS if grid else None)
@@ -165,9 +169,10 @@ def uniform_quantize(model: nn.Module, config: UniformQuantConfig, ctx: Context)
     weights = quantizable_weights(model)
     modules = dict(model.named_modules())
     record: dict[str, Any] = {"step": name, "scheme": config.scheme,
-                              "per_channel": config.per_channel, "qat_epochs": config.qat_epochs}
+                              "per_channel": config.per_channel,
+                              "qat_epochs": cfg.epochs if cfg is not None else 0}
     layers = []
-    if config.qat_epochs == 0:
+    if cfg is None:
         with torch.no_grad():
             for p, bits in plan.items():
                 w = weights[p]
@@ -179,9 +184,6 @@ def uniform_quantize(model: nn.Module, config: UniformQuantConfig, ctx: Context)
                 set_grid_hint(modules[layer_of(p)], "weight", grid_hint(params, bits))
     else:
         train = ctx.require("train_data", name)
-        base = ctx.finetune or TrainConfig()
-        cfg = dataclasses.replace(base, epochs=config.qat_epochs,
-                                  lr=config.lr if config.lr is not None else base.lr)
         fakes = {p: _FakeQuantWeight(config.scheme, bits, config.per_channel)
                  for p, bits in plan.items()}
         with parametrized_weights(model, fakes):

@@ -12,16 +12,16 @@ unchanged).
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from modelzip.core.selection import LayerSelector
 from modelzip.errors import ConfigError
+from modelzip.finetune import FinetuneConfig, resolve_finetune
 from modelzip.prune.masks import MaskKeeper
 from modelzip.quant.grid import clear_grid_hint
 from modelzip.quant.kmeans import CKMEANS_MAX_K, INITS, kmeans_1d, kmeans_1d_optimal
@@ -52,24 +52,31 @@ MIN_BITS, MAX_BITS = 1, 8
 class WeightSharingConfig:
     """k-means weight sharing of each layer's kept weights into 2^bits shared values.
 
-    - ``bits``: one number for all chosen layers, or a mapping layer -> bits that names the
-      layers; default 8 for conv and 5 for fully connected layers (Deep Compression), 8 for
-      embeddings;
+    - ``bits``: one number for all chosen layers, or a mapping layer (name or pattern) ->
+      bits that names the layers; default 8 for conv and 5 for fully connected layers
+      (Deep Compression), 8 for embeddings;
     - ``method``: ``lloyd`` (Lloyd's iterations from ``init``: linear | density | random,
       at most ``iters`` rounds; ``seed`` for random) or ``optimal`` (exact 1-D k-means by
       dynamic programming; at most 255 clusters, so 8 bits give 255);
-    - ``finetune_epochs``: epochs of centroid fine-tuning on the context's training data
-      (gradients of a cluster summed into its centroid); ``lr`` overrides its learning rate;
-    - ``layers``: layer names (default every Linear, Conv and Embedding weight)."""
+    - ``finetune``: centroid fine-tuning on the context's training data (gradients of a
+      cluster summed into its centroid); settings left out come from the context's
+      fine-tuning. None (the default) or ``{epochs: 0}``: no fine-tuning. It wants a small
+      ``lr`` (e.g. ``{epochs: 2, lr: 0.001}``);
+    - ``layers``: which layers (a ``LayerSelector``: names or patterns, types, ignore;
+      default every Linear, Conv and Embedding weight)."""
+
+    RENAMED: ClassVar[dict[str, str]] = {
+        "finetune_epochs": "finetune: {epochs: N}",
+        "lr": "finetune: {lr: X} (the centroid fine-tuning's learning rate)",
+    }
 
     bits: int | dict[str, int] | None = None
     init: str = "linear"
     method: str = "lloyd"
     iters: int = 1000
     seed: int = 0
-    finetune_epochs: int = 0
-    lr: float | None = None
-    layers: tuple[str, ...] | None = None
+    finetune: FinetuneConfig | None = None
+    layers: LayerSelector | None = None
 
     def __post_init__(self) -> None:
         name = "kmeans"
@@ -87,11 +94,8 @@ class WeightSharingConfig:
         if self.method not in METHODS:
             raise ConfigError(f"{name}: method must be one of {', '.join(METHODS)}, got "
                               f"{self.method!r}")
-        for field, value in (("iters", self.iters), ("finetune_epochs", self.finetune_epochs)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name}: {field} must be an integer >= 0, got {value!r}")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"{name}: lr must be > 0, got {self.lr}")
+        if isinstance(self.iters, bool) or not isinstance(self.iters, int) or self.iters < 0:
+            raise ConfigError(f"{name}: iters must be an integer >= 0, got {self.iters!r}")
         normalise_layers(self, name)
 
 
@@ -150,14 +154,11 @@ def _layer_record(param: str, bits: int, k: int, c: _Clustered, before: torch.Te
             "rmse": float(err.pow(2).mean().sqrt()) if kept else 0.0}
 
 
-def _finetune(model: nn.Module, clustered: dict[str, _Clustered], config: WeightSharingConfig,
+def _finetune(model: nn.Module, clustered: dict[str, _Clustered], cfg: TrainConfig,
               ctx: Context) -> dict[str, Any]:
     """Train the centroids (and every parameter that is not shared) with the clusters and
     zero patterns fixed; returns what the run did. ``clustered`` gets the final centroids."""
     train = ctx.require("train_data", "kmeans")
-    base = ctx.finetune or TrainConfig()
-    cfg = dataclasses.replace(base, epochs=config.finetune_epochs,
-                              lr=config.lr if config.lr is not None else base.lr)
     modules = dict(model.named_modules())
     shared = {p: _SharedWeight(c.centroids, c.labels, c.keep) for p, c in clustered.items()}
     with parametrized_weights(model, shared):
@@ -189,8 +190,12 @@ def weight_sharing(model: nn.Module, config: WeightSharingConfig, ctx: Context) 
     """Deep Compression weight sharing: k-means per layer on the kept weights, centroid tuning.
 
     Each chosen layer's non-zero weights are clustered into 2^bits shared values; with
-    ``finetune_epochs`` the shared values are then fine-tuned (clusters and zeros fixed)."""
+    ``finetune`` the shared values are then fine-tuned (clusters and zeros fixed)."""
     name = "kmeans"
+    tune = resolve_finetune(config.finetune, None, ctx.finetune) \
+        if config.finetune is not None else None
+    if tune is not None:  # before the clustering, which takes a while
+        ctx.require("train_data", "kmeans (centroid fine-tuning)")
     plan = plan_bits(model, name, config.bits, config.layers, default_bits)
     masks = kept_masks(model, list(plan), ctx)
     weights = quantizable_weights(model)
@@ -215,11 +220,11 @@ def weight_sharing(model: nn.Module, config: WeightSharingConfig, ctx: Context) 
     record: dict[str, Any] = {"step": name, "method": config.method,
                               "init": config.init if config.method == "lloyd" else None,
                               "iters": config.iters if config.method == "lloyd" else None,
-                              "finetune_epochs": config.finetune_epochs}
+                              "finetune_epochs": tune.epochs if tune is not None else 0}
     clustering = {p: _layer_record(p, plan[p], ks[p], c, originals[p])
                   for p, c in clustered.items()}
-    if config.finetune_epochs > 0 and clustered:
-        record.update(_finetune(model, clustered, config, ctx))
+    if tune is not None and clustered:
+        record.update(_finetune(model, clustered, tune, ctx))
     layers = []
     for p, c in clustered.items():
         final = _layer_record(p, plan[p], ks[p], c, originals[p])

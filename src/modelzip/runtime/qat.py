@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from torch.nn.utils import parametrize
 
 from modelzip.data import ImageDataset
 from modelzip.errors import ConfigError
+from modelzip.finetune import FinetuneConfig
 from modelzip.prune.masks import MaskKeeper
 from modelzip.registry import Context, register_technique
 from modelzip.train import TrainConfig
@@ -149,26 +150,44 @@ class FakeQuantizers:
 
 @dataclass(frozen=True)
 class Int8QatConfig:
-    """Quantization-aware fine-tuning. ``lr``/``batch_size`` default to the context's
-    fine-tuning settings (the lr divided by 10: the model is already trained); ``images``
-    trains on a seeded subset of that many training images (all when None)."""
+    """Quantization-aware fine-tuning of every Conv2d/Linear layer (int8 quantizes them all,
+    so there is no layer choice). ``finetune``: the training run; settings left out come
+    from the technique's defaults (1 epoch; the learning rate a tenth of the context's: the
+    model is already trained), then from the context's fine-tuning settings.
+    ``finetune_samples`` trains on a seeded subset of that many training samples (all when
+    None). ``momentum``: of the moving-average activation ranges (not the optimizer's)."""
 
-    epochs: int = 1
-    lr: float | None = None
-    batch_size: int | None = None
-    images: int | None = None
+    RENAMED: ClassVar[dict[str, str]] = {
+        "epochs": "finetune: {epochs: N}",
+        "lr": "finetune: {lr: X}",
+        "batch_size": "finetune: {batch_size: N}",
+        "images": "finetune_samples",
+    }
+    DEFAULT_EPOCHS: ClassVar[int] = 1
+    LR_FACTOR: ClassVar[float] = 0.1  # of the context's learning rate, when none is given
+
+    finetune: FinetuneConfig | None = None
+    finetune_samples: int | None = None
     reduce_range: bool = True  # as in modelzip.runtime.int8.quantize_onnx_int8
     momentum: float = 0.01  # of the moving-average activation ranges
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"int8-qat: epochs must be >= 1, got {self.epochs}")
-        if self.lr is not None and not self.lr > 0:
-            raise ConfigError(f"int8-qat: lr must be > 0, got {self.lr}")
-        if self.images is not None and self.images < 1:
-            raise ConfigError(f"int8-qat: images must be >= 1, got {self.images}")
+        if self.finetune is not None and self.finetune.epochs is not None \
+                and self.finetune.epochs < 1:
+            raise ConfigError(f"int8-qat: finetune: epochs must be >= 1 (the technique is the "
+                              f"fine-tuning), got {self.finetune.epochs}")
+        if self.finetune_samples is not None and self.finetune_samples < 1:
+            raise ConfigError(f"int8-qat: finetune_samples must be >= 1, got "
+                              f"{self.finetune_samples}")
         if not 0 < self.momentum <= 1:
             raise ConfigError(f"int8-qat: momentum must be in (0, 1], got {self.momentum}")
+
+    def train_config(self, base: TrainConfig | None) -> TrainConfig:
+        """The QAT run: ``finetune`` over the defaults (1 epoch, a tenth of ``base``'s lr)
+        over ``base`` (the context's fine-tuning settings)."""
+        base = base or TrainConfig()
+        default = FinetuneConfig(epochs=self.DEFAULT_EPOCHS, lr=base.lr * self.LR_FACTOR)
+        return (self.finetune or FinetuneConfig()).over(default).merged(base)
 
 
 @register_technique("int8-qat", Int8QatConfig, kind="export")
@@ -176,13 +195,10 @@ def int8_qat(model: nn.Module, config: Int8QatConfig, ctx: Context) -> nn.Module
     """Fine-tune with fake int8 quantization (straight-through) so that static int8 loses
     less; the model stays a float model with the same layers. Pruned weights stay zero."""
     train = ctx.require("train_data", "int8-qat")
-    if config.images is not None and config.images < len(train):
+    if config.finetune_samples is not None and config.finetune_samples < len(train):
         idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-        train = train.subset(idx[:config.images].sort().values)
-    base = ctx.finetune or TrainConfig()
-    cfg = dataclasses.replace(base, epochs=config.epochs,
-                              lr=config.lr if config.lr is not None else base.lr / 10,
-                              batch_size=config.batch_size or base.batch_size)
+        train = train.subset(idx[:config.finetune_samples].sort().values)
+    cfg = config.train_config(ctx.finetune)
     with FakeQuantizers(model, reduce_range=config.reduce_range,
                         momentum=config.momentum) as fq:
         masks = {fq.parameter_name(name): mask for name, mask in ctx.masks.items()}
