@@ -115,3 +115,34 @@ def test_plain_weights_need_their_model(tmp_path: Path, weights: Path) -> None:
     assert_user_error(run_cli("pack", weights, "--model", "nope.module:build",
                               "-o", tmp_path / "x.mzip", cwd=ROOT), "cannot import nope.module")
     assert not (tmp_path / "x.mzip").exists()
+
+
+def test_version_and_images_helper(tmp_path: Path, image_folder: Path) -> None:
+    result = run_cli("--version")
+    assert_ok(result)
+    assert result.stdout.startswith("modelzip ")
+    out = tmp_path / "images.npy"
+    assert_ok(run_cli("images", image_folder / "class1", "-o", out))
+    array = np.load(out, allow_pickle=False)
+    assert array.dtype == np.uint8 and array.shape == (20, 3, 64, 64)
+    assert_user_error(run_cli("images", image_folder, "-o", out), "exists; pass --force")
+    assert_ok(run_cli("images", image_folder, "-o", out, "--size", "32x32", "--force"))
+    assert np.load(out, allow_pickle=False).shape == (60, 3, 32, 32)  # class subfolders
+    assert_user_error(run_cli("images", tmp_path / "none", "-o", tmp_path / "x.npy"),
+                      "folder not found")
+
+
+def test_unknown_model_is_named_before_any_data_is_read(tmp_path: Path) -> None:
+    assert_user_error(run_cli("train", "resnet50", "--dataset", "mnist", "-o", tmp_path / "r",
+                              without=("MODELZIP_DATA",)), "unknown model 'resnet50'")
+
+
+def test_train_with_a_seed_is_repeatable(tmp_path: Path) -> None:
+    """The model is built after seeding: the same seed gives the same weights."""
+    for name in ("a", "b"):
+        assert_ok(run_cli("train", "lenet300", "--dataset", "mnist-sample", "--epochs", "1",
+                          "--limit", "300", "--seed", "3", "--no-progress",
+                          "-o", tmp_path / name))
+    a = safetensors.torch.load_file(str(tmp_path / "a" / "model.safetensors"))
+    b = safetensors.torch.load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
