@@ -316,8 +316,9 @@ def _any_model(doc: dict[str, Any]) -> str:
         "### Any model in (`bench/any_model.py`)",
         "",
         "A user's CNN (trained on EuroSAT) and standard architectures built from `transformers` "
-        "configs with random init, each step a recipe run through `modelzip.compress` without "
-        "fine-tuning. Agreement: top-1 agreement with the uncompressed model on "
+        "configs with random init, each step a recipe run through `modelzip.compress`, without "
+        "fine-tuning unless the step says `+finetune` (1 epoch, the user's CNN only: the others "
+        "have no task to tune for). Agreement: top-1 agreement with the uncompressed model on "
         f"{doc['eval_samples']:,} EuroSAT test images (cosine of the embeddings for "
         "`bert_encoder`, on seeded token ids). Fresh process: the .mzip unpacked onto a newly "
         "built skeleton in another Python process gives bit-identical outputs. "
