@@ -42,11 +42,13 @@ def cpu_info() -> dict[str, Any]:
 
 def provenance() -> dict[str, Any]:
     """What a result depends on besides its settings: the git commit (with a flag when the
-    work tree differed from it), library versions and the CPU."""
+    code in the work tree differed from it), library versions and the CPU."""
     root = Path(__file__).resolve().parents[1]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             cwd=root).stdout.strip() or None
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+    # benchmark outputs (results, checkpoints) change while benchmarks run: not counted
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                 ".", ":!bench/results", ":!bench/checkpoints"],
                                 capture_output=True, text=True, cwd=root).stdout.strip())
     out: dict[str, Any] = {"git_commit": commit, "git_dirty": dirty}
     for pkg in ("modelzip", "torch", "numpy", "onnxruntime", "torch-pruning", "transformers"):
