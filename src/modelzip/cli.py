@@ -220,18 +220,19 @@ def _inspect_artifact(path: Path, *, latency: bool, as_json: bool,
         print(json.dumps(s, indent=2))
         return
     table = Table(title=f"{path}: {(s['model'] or {}).get('name', 'artifact')}")
-    for col in ("tensor", "shape", "non-zeros", "layout", "coder", "index bits", "value bits",
-                "codebook bits", "bytes", "bits/nz"):
-        table.add_column(col, justify="left" if col in ("tensor", "layout", "coder")
-                         else "right", no_wrap=col in ("layout", "coder"))
+    for col in ("tensor", "shape", "non-zeros", "layout", "values", "coder", "index bits",
+                "value bits", "codebook bits", "bytes", "bits/nz"):
+        table.add_column(col, justify="left" if col in ("tensor", "layout", "values", "coder")
+                         else "right", no_wrap=col in ("layout", "values", "coder"))
     for r in s["tensors"]:
         bpn = f"{r['bits_per_nonzero']:.2f}" if r["bits_per_nonzero"] is not None else "-"
         table.add_row(r["name"], "x".join(map(str, r["shape"])) or "scalar",
-                      f"{r['nonzeros']:,}", r["layout"], r["coder"], f"{r['index_bits']:,}",
+                      f"{r['nonzeros']:,}", r["layout"], r.get("value_coding", "-"),
+                      r["coder"], f"{r['index_bits']:,}",
                       f"{r['value_bits']:,}", f"{r['codebook_bits']:,}", f"{r['bytes']:,}", bpn)
     nonzeros = sum(r["nonzeros"] for r in s["tensors"])
     table.add_section()
-    table.add_row("total", "", f"{nonzeros:,}", "", "",
+    table.add_row("total", "", f"{nonzeros:,}", "", "", "",
                   *(f"{sum(r[k] for r in s['tensors']):,}"
                     for k in ("index_bits", "value_bits", "codebook_bits", "bytes")),
                   f"{8 * s['tensor_bytes'] / nonzeros:.2f}" if nonzeros else "-")
