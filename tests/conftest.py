@@ -6,6 +6,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -45,20 +46,55 @@ def one_torch_thread() -> Iterator[None]:
 
 
 DATA_FIXTURES = {"data_root", "mnist_train", "mnist_test", "eurosat_train", "eurosat_test"}
+DATA_HINT = ("point MODELZIP_DATA at the folder holding mnist/, fashion-mnist/ and eurosat/ "
+             "(the Makefile sets it to ../shared/data)")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def _missing_data() -> str | None:
+    """Why the real datasets cannot be used, or None when they can."""
+    value = os.environ.get("MODELZIP_DATA")
+    if not value:
+        return "MODELZIP_DATA is not set"
+    if not (Path(value) / "mnist").is_dir():
+        return f"MODELZIP_DATA={value} has no mnist/ folder"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that read the real datasets carry the ``realdata`` marker (``-m "not realdata"``
-    selects the fast, data-free part)."""
-    for item in items:
-        if DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.realdata)
+    selects the fast, data-free part). Without the data they are left out and counted in one
+    summary line; with MODELZIP_REQUIRE_DATA=1 (CI) they run and fail instead."""
+    needs_data = [item for item in items
+                  if DATA_FIXTURES & set(getattr(item, "fixturenames", ()))]
+    for item in needs_data:
+        item.add_marker(pytest.mark.realdata)
+    why = _missing_data()
+    if why is None or not needs_data or os.environ.get("MODELZIP_REQUIRE_DATA") == "1":
+        return
+    config.hook.pytest_deselected(items=needs_data)
+    left_out = set(map(id, needs_data))
+    items[:] = [item for item in items if id(item) not in left_out]
+    config.stash[_LEFT_OUT] = (len(needs_data), why)
+
+
+_LEFT_OUT = pytest.StashKey[tuple[int, str]]()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if _LEFT_OUT in config.stash:  # collected here
+        n, why = config.stash[_LEFT_OUT]
+        terminalreporter.write_line(f"real datasets absent ({why}): {n} tests that need them "
+                                    f"were not run; {DATA_HINT}")
+    elif (config.pluginmanager.hasplugin("dsession")  # xdist: the workers collected
+          and (why := _missing_data()) is not None
+          and os.environ.get("MODELZIP_REQUIRE_DATA") != "1"):
+        terminalreporter.write_line(f"real datasets absent ({why}): the tests that need them "
+                                    f"were not run; {DATA_HINT}")
 
 
 def _data_missing(message: str) -> None:
-    """Without the real data these tests are skipped (one summary line, as every skip comes
-    from here with the same reason); CI sets MODELZIP_REQUIRE_DATA=1, which makes it a
-    failure."""
+    """Reached only when the data-free selection above did not apply (MODELZIP_REQUIRE_DATA=1
+    or a test run by its node id): a failure under CI, else a skip."""
     if os.environ.get("MODELZIP_REQUIRE_DATA") == "1":
         pytest.fail(message, pytrace=False)
     pytest.skip(f"real datasets absent: {message}")
@@ -67,15 +103,10 @@ def _data_missing(message: str) -> None:
 @pytest.fixture(scope="session")
 def data_root(isolated_env: Path) -> Path:
     """The real data folder ($MODELZIP_DATA)."""
-    value = os.environ.get("MODELZIP_DATA")
-    if not value:
-        _data_missing("MODELZIP_DATA is not set; point it at the folder holding mnist/, "
-                      "fashion-mnist/ and eurosat/ (the Makefile sets it to ../shared/data)")
-    root = Path(value)
-    if not (root / "mnist").is_dir():
-        _data_missing(f"MODELZIP_DATA={value} has no mnist/ folder; point it at the folder "
-                      "holding mnist/, fashion-mnist/ and eurosat/")
-    return root
+    why = _missing_data()
+    if why is not None:
+        _data_missing(f"{why}; {DATA_HINT}")
+    return Path(os.environ["MODELZIP_DATA"])
 
 
 @pytest.fixture(scope="session")
