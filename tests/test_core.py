@@ -201,3 +201,19 @@ def test_a_regression_model_is_fine_tuned_by_the_users_loss_and_evaluator() -> N
     assert float((pruned == 0).float().mean()) == pytest.approx(0.5, abs=0.02)
     assert result.settings["validation"].startswith("given")
     assert result.after.nonzero < result.before.nonzero
+
+
+def test_the_public_verbs_stay_callable_after_their_packages_are_imported() -> None:
+    """``modelzip.prune`` is also a subpackage, and ``measure``'s module is ``metrics``: the
+    verbs must still be the functions after ``import modelzip.prune`` and ``measure`` runs."""
+    import modelzip.prune  # sets modelzip.prune to the package
+    from modelzip.quant import UniformQuantConfig
+
+    net = Net()
+    pruned = modelzip.prune(net, MagnitudePruneConfig(sparsity=0.5))
+    assert float((pruned.head.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.05)
+    assert modelzip.quantize(net, UniformQuantConfig(bits=4)) is not net
+    with pytest.raises(ConfigError, match="a quantize technique"):
+        modelzip.prune(net, UniformQuantConfig(bits=4))
+    for _ in range(2):
+        assert modelzip.measure(pruned, example_inputs=TOKENS, latency=False).profile.params

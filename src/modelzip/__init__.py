@@ -16,7 +16,7 @@ _EXPORTS = {
     "compress": "modelzip.pipeline",
     "CompressionResult": "modelzip.pipeline",
     "apply": "modelzip.core.registry",
-    "prune": "modelzip.api",
+    "prune": "modelzip.prune",  # the package is callable: modelzip.prune(model, config)
     "quantize": "modelzip.api",
     "Context": "modelzip.core.context",
     "Dataset": "modelzip.core.dataset",
@@ -49,7 +49,8 @@ __all__ = ["__version__", *_EXPORTS]
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        module = importlib.import_module(_EXPORTS[name])
+        return module if module.__name__ == f"modelzip.{name}" else getattr(module, name)
     raise AttributeError(f"module 'modelzip' has no attribute {name!r}")
 
 
