@@ -692,9 +692,10 @@ CalibrationMethod = Annotated[str, typer.Option(help="int8 calibration: minmax, 
 
 
 def _calibration_images(name: str, data: Path | None, images: int, method: str):
-    """A seeded subset of the training split less its held-out 10%, as a float32 NCHW array
-    normalized like the training data; checks the calibration options first."""
-    from modelzip.data import load_dataset, train_val_split
+    """The pipeline's calibration set of the dataset as a float32 NCHW array, normalized like
+    the training data; checks the calibration options first."""
+    from modelzip.data import load_dataset
+    from modelzip.pipeline import calibration_subset
     from modelzip.runtime.int8 import CALIBRATION_METHODS
 
     if method not in CALIBRATION_METHODS:
@@ -702,8 +703,7 @@ def _calibration_images(name: str, data: Path | None, images: int, method: str):
                             f"got {method!r}")
     if images < 1:
         raise ModelzipError(f"--calibration-images must be >= 1, got {images}")
-    train, _ = train_val_split(load_dataset(name, "train", data), 0.1, seed=0)
-    calib = _train_subset(train, images, seed=0)
+    calib = calibration_subset(load_dataset(name, "train", data), images)
     return calib.normalize(calib.images).numpy()
 
 

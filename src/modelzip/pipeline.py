@@ -29,8 +29,8 @@ from modelzip.core.context import Context, logger
 from modelzip.core.dataset import first_batch_inputs
 from modelzip.errors import ConfigError
 
-__all__ = ["CALIBRATION_SAMPLES", "VAL_FRACTION", "CompressionResult", "compress",
-           "finetune_defaults", "make_context"]
+__all__ = ["CALIBRATION_SAMPLES", "VAL_FRACTION", "CompressionResult", "calibration_subset",
+           "compress", "finetune_defaults", "make_context"]
 
 VAL_FRACTION = 0.1  # of the training data, held out for choices made on accuracy
 CALIBRATION_SAMPLES = 300  # seeded training samples for int8 calibration
@@ -106,6 +106,18 @@ def _seeded_subset(data: Any, n: int, seed: int) -> Any:
         return data
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
     return data.subset(idx.sort().values)
+
+
+def calibration_subset(data: Any, n: int = CALIBRATION_SAMPLES, *,
+                       val_fraction: float = VAL_FRACTION, seed: int = 0) -> Any:
+    """The int8 calibration samples of full training data: a seeded ``n`` of the training
+    split less its held-out validation part (the split ``make_context`` makes)."""
+    from modelzip.data import train_val_split
+
+    if n < 1:
+        raise ConfigError(f"the calibration set needs >= 1 sample, got {n}")
+    train, _ = train_val_split(data, val_fraction, seed=seed)
+    return _seeded_subset(train, n, seed)
 
 
 def make_context(*, data: Any = None, val_data: Any = None, test_data: Any = None,
