@@ -59,13 +59,19 @@ def provenance() -> dict[str, Any]:
     return {**out, **cpu_info()}
 
 
+# Taken when a benchmark starts (it imports this module first): the code it runs is the code
+# of that moment, whatever is committed before it writes its results.
+AT_START = provenance()
+
+
 def write_results(path: Path, benchmark: str, description: str, rows: list[dict[str, Any]],
                   **extra: Any) -> dict[str, Any]:
-    """Write one results file: what it is, when and where it was made (commit, versions, CPU),
-    then one flat object per model (``extra`` goes before the rows)."""
+    """Write one results file: what it is, when and where it was made (the commit, versions and
+    CPU at the benchmark's start), then one flat object per model (``extra`` goes before the
+    rows)."""
     doc = {"benchmark": benchmark, "description": description,
            "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", **provenance(), **extra,
+           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", **AT_START, **extra,
            "models": rows}
     write_atomic(path, (json.dumps(doc, indent=2) + "\n").encode())
     return doc
