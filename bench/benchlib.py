@@ -75,3 +75,24 @@ def write_results(path: Path, benchmark: str, description: str, rows: list[dict[
            "models": rows}
     write_atomic(path, (json.dumps(doc, indent=2) + "\n").encode())
     return doc
+
+
+def quick_data(train: Any, test: Any, n_train: int, n_test: int) -> tuple[Any, Any]:
+    """Seeded subsets of a few hundred images, for the scripts' --quick mode."""
+    from modelzip.pipeline import seeded_subset
+
+    return seeded_subset(train, n_train), seeded_subset(test, n_test)
+
+
+def quick_baseline(name: str, train: Any, augment: str = "none") -> Any:
+    """A zoo model trained for one epoch on ``train``: a stand-in baseline for --quick."""
+    import torch
+
+    from modelzip.train import TrainConfig, fit
+    from modelzip.zoo import build_model
+
+    torch.manual_seed(0)  # the initial weights
+    model = build_model(name)
+    fit(model, train, TrainConfig(epochs=1, batch_size=32, lr=0.05, augment=augment, seed=0),
+        progress=False)
+    return model.eval()

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchlib import write_results
+from benchlib import quick_data, write_results
 from modelzip import __version__
 from modelzip.checkpoint import load_checkpoint
 from modelzip.codec.artifact import describe_artifact
@@ -95,15 +95,6 @@ def val_limit(target_pct: float, n: int) -> float:
     """The target less one binomial standard error at n images (as in pruning_magnitude)."""
     p = target_pct / 100.0
     return round(target_pct - 100.0 * math.sqrt(p * (1.0 - p) / n), 2)
-
-
-def quick_data(train: ImageDataset, test: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
-    """Seeded subsets of a few hundred images, for --quick."""
-    def pick(data: ImageDataset, n: int) -> ImageDataset:
-        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
-        return data.subset(idx.sort().values)
-
-    return pick(train, QUICK_TRAIN_IMAGES), pick(test, QUICK_TEST_IMAGES)
 
 
 def quick_starts(name: str, train: ImageDataset, test: ImageDataset) -> dict[str, nn.Module]:
@@ -176,7 +167,7 @@ def run_model(name: str, *, grid: tuple[tuple[str, int, str], ...], share_epochs
     paper = {**PAPER[name], "target_error_pct": 99.0} if quick else PAPER[name]
     full_train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
     if quick:
-        full_train, test = quick_data(full_train, test)
+        full_train, test = quick_data(full_train, test, QUICK_TRAIN_IMAGES, QUICK_TEST_IMAGES)
         starts = quick_starts(name, full_train, test)
     else:
         starts = {"12x": load_checkpoint(PRUNED / f"magnitude-{name}-12x").model,

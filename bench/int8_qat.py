@@ -37,14 +37,14 @@ import onnxruntime
 import torch
 from torch import nn
 
-from benchlib import write_results
+from benchlib import quick_baseline, quick_data, write_results
 from modelzip import __version__
 from modelzip.checkpoint import load_checkpoint
-from modelzip.data import ImageDataset, load_dataset
+from modelzip.data import load_dataset
 from modelzip.pipeline import compress, make_context
 from modelzip.runtime.export import evaluate_onnx, export_onnx
 from modelzip.runtime.int8 import quantize_onnx_int8
-from modelzip.train import TrainConfig, fit
+from modelzip.train import TrainConfig
 from modelzip.zoo import build_model
 
 BENCH = Path(__file__).resolve().parent
@@ -68,24 +68,6 @@ QUICK_ALLOWED_DROPS = (0.5, -100.0)
 QUICK_QAT = {**QAT, "finetune": {"epochs": 1, "lr": 0.002}, "finetune_samples": 200}
 
 
-def quick_data(train: ImageDataset, test: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
-    """Seeded subsets of a few hundred images, for --quick."""
-    def pick(data: ImageDataset, n: int) -> ImageDataset:
-        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
-        return data.subset(idx.sort().values)
-
-    return pick(train, QUICK_TRAIN_IMAGES), pick(test, QUICK_TEST_IMAGES)
-
-
-def quick_baseline(train: ImageDataset) -> nn.Module:
-    """A zoo eurosat_cnn trained for one epoch on ``train``: a stand-in for --quick."""
-    torch.manual_seed(0)  # the initial weights
-    model = build_model("eurosat_cnn")
-    fit(model, train, TrainConfig(epochs=1, batch_size=32, lr=0.05, augment="flips", seed=0),
-        progress=False)
-    return model.eval()
-
-
 def zoo_skeleton(meta: dict[str, Any]) -> nn.Module:
     """The unpruned zoo model a checkpoint was pruned from: the .mzip of a structurally pruned
     model is read back onto it (its channel removal replayed)."""
@@ -98,8 +80,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     allowed drop."""
     train_full, test = load_dataset("eurosat", "train"), load_dataset("eurosat", "test")
     if quick:
-        train_full, test = quick_data(train_full, test)
-        model, skeleton, source = quick_baseline(train_full), None, "stand-in (--quick)"
+        train_full, test = quick_data(train_full, test, QUICK_TRAIN_IMAGES, QUICK_TEST_IMAGES)
+        model, skeleton = quick_baseline("eurosat_cnn", train_full, "flips"), None
+        source = "stand-in (--quick)"
         allowed_drops, qat_options = QUICK_ALLOWED_DROPS, QUICK_QAT
     else:
         checkpoint = load_checkpoint(CHECKPOINT)

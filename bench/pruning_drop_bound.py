@@ -43,15 +43,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchlib import wait_for_checkpoint, write_results
+from benchlib import quick_baseline, quick_data, wait_for_checkpoint, write_results
 from modelzip import __version__
 from modelzip.checkpoint import load_checkpoint
 from modelzip.core.context import Context
-from modelzip.data import ImageDataset, load_dataset
+from modelzip.data import load_dataset
 from modelzip.pipeline import compress, make_context
 from modelzip.prune.drop_bound import validation_subset
-from modelzip.train import TrainConfig, evaluate, fit
-from modelzip.zoo import build_model
+from modelzip.train import TrainConfig, evaluate
 
 BENCH = Path(__file__).resolve().parent
 SOURCE = BENCH / "checkpoints" / "eurosat_cnn"
@@ -99,32 +98,14 @@ def _versions() -> dict[str, str]:
             "python_version": platform.python_version()}
 
 
-def quick_data(train: ImageDataset, test: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
-    """Seeded subsets of a few hundred images, for --quick."""
-    def pick(data: ImageDataset, n: int) -> ImageDataset:
-        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
-        return data.subset(idx.sort().values)
-
-    return pick(train, QUICK_TRAIN_IMAGES), pick(test, QUICK_TEST_IMAGES)
-
-
-def quick_baseline(train: ImageDataset) -> nn.Module:
-    """A zoo eurosat_cnn trained for one epoch on ``train``: a stand-in for --quick."""
-    torch.manual_seed(0)  # the initial weights
-    model = build_model("eurosat_cnn")
-    fit(model, train, TrainConfig(epochs=1, batch_size=32, lr=0.05, augment="flips", seed=0),
-        progress=False)
-    return model.eval()
-
-
 def run(progress: bool = False, *, quick: bool = False) -> list[dict[str, Any]]:
     """Both methods at both bounds; one flat row per (bound, method). ``quick``: one bound,
     a tiny agent, a stand-in model and a few hundred images."""
     t_start = time.perf_counter()
     full_train, test = load_dataset("eurosat", "train"), load_dataset("eurosat", "test")
     if quick:
-        full_train, test = quick_data(full_train, test)
-        base = quick_baseline(full_train)
+        full_train, test = quick_data(full_train, test, QUICK_TRAIN_IMAGES, QUICK_TEST_IMAGES)
+        base = quick_baseline("eurosat_cnn", full_train, "flips")
         bounds, agent, tune_images = QUICK_BOUNDS, QUICK_AGENT, QUICK_FINETUNE_IMAGES
     else:
         wait_for_checkpoint(SOURCE, WAIT_S)

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchlib import write_results
+from benchlib import quick_baseline, quick_data, write_results
 from modelzip import __version__
 from modelzip.checkpoint import load_checkpoint, save_checkpoint
 from modelzip.core.context import Context
@@ -55,8 +55,7 @@ from modelzip.data import ImageDataset, load_dataset
 from modelzip.metrics import profile_model
 from modelzip.pipeline import CompressionResult, compress, make_context
 from modelzip.prune.masks import prunable_weights
-from modelzip.train import TrainConfig, fit
-from modelzip.zoo import build_model
+from modelzip.train import TrainConfig
 
 BENCH = Path(__file__).resolve().parent
 CHECKPOINTS = BENCH / "checkpoints"
@@ -136,23 +135,6 @@ def wait_for_baseline(name: str, timeout_s: float = BASELINE_WAIT_S) -> Path:
         print(f"   waiting for {path}/modelzip.json ...", flush=True)
         time.sleep(30)
     return path
-
-
-def quick_data(train: ImageDataset, test: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
-    """Seeded subsets of a few hundred images, for --quick."""
-    def pick(data: ImageDataset, n: int) -> ImageDataset:
-        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
-        return data.subset(idx.sort().values)
-
-    return pick(train, QUICK_TRAIN_IMAGES), pick(test, QUICK_TEST_IMAGES)
-
-
-def quick_baseline(name: str, train: ImageDataset) -> nn.Module:
-    """A zoo model trained for one epoch on ``train``: a stand-in baseline for --quick."""
-    torch.manual_seed(0)  # the initial weights
-    model = build_model(name)
-    fit(model, train, TrainConfig(epochs=1, batch_size=32, lr=0.05, seed=0), progress=False)
-    return model.eval()
 
 
 def weight_and_bias_counts(model: nn.Module) -> tuple[int, int]:
@@ -283,7 +265,7 @@ def run_model(name: str, progress: bool = False, *, quick: bool = False,
     plan = QUICK_PLAN if quick else PLANS[name]
     full_train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
     if quick:
-        full_train, test = quick_data(full_train, test)
+        full_train, test = quick_data(full_train, test, QUICK_TRAIN_IMAGES, QUICK_TEST_IMAGES)
         baseline = quick_baseline(name, full_train)
     else:
         baseline = load_checkpoint(wait_for_baseline(name)).model

@@ -54,11 +54,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchlib import wait_for_checkpoint, write_results
+from benchlib import quick_baseline, quick_data, wait_for_checkpoint, write_results
 from modelzip import __version__
 from modelzip.checkpoint import load_checkpoint, save_checkpoint, write_atomic
 from modelzip.core.context import Context
-from modelzip.data import ImageDataset, load_dataset
+from modelzip.data import load_dataset
 from modelzip.metrics import measure_latency
 from modelzip.pipeline import compress, make_context
 from modelzip.prune.sensitivity import (
@@ -68,7 +68,6 @@ from modelzip.prune.sensitivity import (
     plot_sensitivity,
 )
 from modelzip.train import TrainConfig, TrainHistory, fit
-from modelzip.zoo import build_model
 
 BENCH = Path(__file__).resolve().parent
 SOURCE = BENCH / "checkpoints" / "eurosat_cnn"
@@ -171,24 +170,6 @@ class _LoggingTrainer:
         return hist
 
 
-def quick_data(train: ImageDataset, test: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
-    """Seeded subsets of a few hundred images, for --quick."""
-    def pick(data: ImageDataset, n: int) -> ImageDataset:
-        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
-        return data.subset(idx.sort().values)
-
-    return pick(train, QUICK_TRAIN_IMAGES), pick(test, QUICK_TEST_IMAGES)
-
-
-def quick_baseline(train: ImageDataset) -> nn.Module:
-    """A zoo eurosat_cnn trained for one epoch on ``train``: a stand-in for --quick."""
-    torch.manual_seed(0)  # the initial weights
-    model = build_model("eurosat_cnn")
-    fit(model, train, TrainConfig(epochs=1, batch_size=32, lr=0.05, augment="flips", seed=0),
-        progress=False)
-    return model.eval()
-
-
 def quick_folder() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="modelzip-quick-"))
     _say(f"--quick: writing into {folder}")
@@ -212,8 +193,8 @@ def run(progress: bool = False, *, quick: bool = False,
     if quick:
         out_dir = out_dir or quick_folder()
         pruned_dir, sensitivity = out_dir / "pruned" / PRUNED.name, out_dir / SENSITIVITY.name
-        train_full, test = quick_data(train_full, test)
-        baseline = quick_baseline(train_full)
+        train_full, test = quick_data(train_full, test, QUICK_TRAIN_IMAGES, QUICK_TEST_IMAGES)
+        baseline = quick_baseline("eurosat_cnn", train_full, "flips")
         source = None
         finetune, latency, levels = QUICK_FINETUNE, QUICK_LATENCY, QUICK_LEVELS
     else:

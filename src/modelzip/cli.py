@@ -57,10 +57,9 @@ def _train_subset(ds, limit: int | None, seed: int):
         return ds
     if limit < 1:
         raise ModelzipError(f"--limit must be >= 1, got {limit}")
-    import torch
+    from modelzip.pipeline import seeded_subset
 
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:limit]
-    return ds.subset(idx.sort().values)
+    return seeded_subset(ds, limit, seed)
 
 
 @app.command()

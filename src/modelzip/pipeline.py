@@ -30,7 +30,7 @@ from modelzip.core.dataset import first_batch_inputs
 from modelzip.errors import ConfigError
 
 __all__ = ["CALIBRATION_SAMPLES", "VAL_FRACTION", "CompressionResult", "calibration_subset",
-           "compress", "finetune_defaults", "make_context"]
+           "compress", "finetune_defaults", "make_context", "seeded_subset"]
 
 VAL_FRACTION = 0.1  # of the training data, held out for choices made on accuracy
 CALIBRATION_SAMPLES = 300  # seeded training samples for int8 calibration
@@ -101,7 +101,9 @@ def finetune_defaults(training: Any = None) -> Any:
     return dataclasses.replace(base, epochs=FINETUNE_EPOCHS, lr=base.lr * FINETUNE_LR_FACTOR)
 
 
-def _seeded_subset(data: Any, n: int, seed: int) -> Any:
+def seeded_subset(data: Any, n: int, seed: int = 0) -> Any:
+    """A seeded ``n`` of ``data``'s samples in their original order (all of them when it
+    holds no more; data without ``subset`` as it is)."""
     if not hasattr(data, "subset") or len(data) <= n:
         return data
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
@@ -117,7 +119,7 @@ def calibration_subset(data: Any, n: int = CALIBRATION_SAMPLES, *,
     if n < 1:
         raise ConfigError(f"the calibration set needs >= 1 sample, got {n}")
     train, _ = train_val_split(data, val_fraction, seed=seed)
-    return _seeded_subset(train, n, seed)
+    return seeded_subset(train, n, seed)
 
 
 def make_context(*, data: Any = None, val_data: Any = None, test_data: Any = None,
@@ -142,7 +144,7 @@ def make_context(*, data: Any = None, val_data: Any = None, test_data: Any = Non
     elif val_data is not None:
         settings["validation"] = f"given ({len(val_data)} samples)"
     if calibration_data is None and train is not None:
-        calibration_data = _seeded_subset(train, CALIBRATION_SAMPLES, seed)
+        calibration_data = seeded_subset(train, CALIBRATION_SAMPLES, seed)
     if calibration_data is not None:
         settings["calibration_samples"] = len(calibration_data)
     if example_inputs is None and train is not None:
