@@ -140,7 +140,7 @@ def test_same_inputs_same_bytes(small: bytes) -> None:
 
 def test_header_and_manifest_layout(small: bytes) -> None:
     assert small[:4] == MAGIC
-    assert struct.unpack_from("<H", small, 4)[0] == 1
+    assert struct.unpack_from("<H", small, 4)[0] == 2
     assert hashlib.sha256(small[:-SHA_SIZE]).digest() == small[-SHA_SIZE:]
     layout = read_container(small)
     names = [name for name, _, _ in layout.manifest["chunks"]]
@@ -248,8 +248,8 @@ def test_unknown_version_names_the_known_ones(small: bytes) -> None:
     # also with a correct SHA-256: the version is checked first either way
     header = struct.unpack_from("<4sHHIQ", small, 0)
     body = small[HEADER_SIZE:-SHA_SIZE]
-    refused(assemble((MAGIC, 2, *header[2:]), body[:header[3]], body[header[3]:]),
-            "format version 2")
+    refused(assemble((MAGIC, 3, *header[2:]), body[:header[3]], body[header[3]:]),
+            "format version 3")
 
 
 def test_unknown_flags(small: bytes) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from modelzip.codec.artifact import (
     Artifact,
     describe_artifact,
+    protect_artifact,
     read_artifact,
     read_artifact_file,
     summarize_artifact,
@@ -33,6 +34,7 @@ __all__ = [
     "encode_tensor",
     "pack",
     "pack_file",
+    "protect_artifact",
     "read_artifact",
     "read_artifact_file",
     "summarize_artifact",

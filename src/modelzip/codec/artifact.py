@@ -12,11 +12,18 @@ Manifest fields (besides the container's ``chunks``)::
 
 Names are written in sorted order and the JSON with sorted keys, so the same inputs always
 give the same bytes.
+
+A file may carry Reed-Solomon parity (``modelzip.flight.fec``: the reader corrects what it
+can and says so in ``Artifact.fec``) and an Ed25519 signature (``modelzip.flight.sign``:
+checked when the reader is given trusted keys); ``protect_artifact`` adds them to written
+bytes. In format version 2 each tensor's CRC32 covers its name, dtype and shape
+(``tensor_crc32``); version 1 files (``decoded_crc32``: the bytes alone) still read.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +34,8 @@ from modelzip import __version__
 from modelzip.codec.container import read_container, write_container
 from modelzip.codec.tensor import (
     DEFAULT_MAX_ELEMENTS,
+    ELEMENT_FLOOR,
+    MAX_ELEMENTS_PER_BYTE,
     TensorEntry,
     check_entry,
     decode_tensor,
@@ -38,6 +47,7 @@ __all__ = [
     "Artifact",
     "describe_artifact",
     "load_artifact_bytes",
+    "protect_artifact",
     "read_artifact",
     "read_artifact_file",
     "summarize_artifact",
@@ -68,7 +78,7 @@ def write_artifact(tensors: dict[str, np.ndarray], *, model: dict | None = None,
     for name in sorted(tensors):
         try:
             entry, payload = encode_tensor(np.asarray(tensors[name]), coder,
-                                           hint=hints.get(name))
+                                           hint=hints.get(name), name=name)
         except ArtifactError as exc:
             raise ArtifactError(f"tensor {name!r}: {exc}") from None
         entries[name] = entry
@@ -82,13 +92,33 @@ def write_artifact(tensors: dict[str, np.ndarray], *, model: dict | None = None,
     return write_container(manifest, chunks)
 
 
+def protect_artifact(blob: bytes, *, fec: float | str | None = None,
+                     sign: Any = None) -> bytes:
+    """Written .mzip bytes, signed with ``sign`` (an Ed25519 private key or the path of its
+    PEM file; see ``modelzip.flight.sign``) and then given Reed-Solomon parity ``fec`` (parity
+    bytes per data byte: 0.08 or "8%"; see ``modelzip.flight.fec``). None: not that step."""
+    if sign is not None:
+        from modelzip.flight.sign import sign_artifact
+
+        blob = sign_artifact(blob, sign)
+    if fec is not None:
+        from modelzip.flight.fec import protect
+
+        blob = protect(blob, fec)
+    return blob
+
+
 @dataclass
 class Artifact:
-    """A decoded .mzip: its manifest, arrays and blobs by name."""
+    """A decoded .mzip: its manifest, arrays and blobs by name; ``fec``: what the FEC parity
+    corrected (a ``FecReport``; None for a file without parity); ``signer``: the signer's raw
+    public key (None for an unsigned file; verified only when the reader had trusted keys)."""
 
     manifest: dict
     tensors: dict[str, np.ndarray]
     blobs: dict[str, bytes]
+    fec: Any = None
+    signer: bytes | None = None
 
     @property
     def model(self) -> dict | None:
@@ -105,11 +135,26 @@ class _Checked:
     layout: Any  # ContainerLayout
     entries: dict[str, TensorEntry]
     blob_names: list[str]
+    fec: Any = None  # FecReport
 
 
-def _check(data: bytes, max_elements: int) -> _Checked:
-    """The container's checks, then the manifest's fields and every tensor entry."""
-    layout = read_container(data)
+def _unwrap(data: bytes) -> tuple[bytes, Any]:
+    """The .mzip bytes inside FEC parity, corrected, and the FecReport (None: no parity)."""
+    from modelzip.flight.fec import is_protected, recover
+
+    if not is_protected(data):
+        return data, None
+    return recover(data)
+
+
+def _check(data: bytes, max_elements: int,
+           trusted_keys: Sequence[bytes] | None = None) -> _Checked:
+    """FEC correction, the container's checks (the signature first when there are trusted
+    keys), then the manifest's fields and every tensor entry."""
+    data, fec = _unwrap(data)
+    layout = read_container(data, trusted_keys=trusted_keys)
+    crc_field = "decoded_crc32" if layout.version == 1 else "tensor_crc32"
+    budget = min(max_elements, ELEMENT_FLOOR + MAX_ELEMENTS_PER_BYTE * layout.file_size)
     m = layout.manifest
     tensors, blobs = m.get("tensors"), m.get("blobs")
     if not isinstance(tensors, dict):
@@ -128,6 +173,10 @@ def _check(data: bytes, max_elements: int) -> _Checked:
     entries, total = {}, 0
     for name in sorted(tensors):
         entry = check_entry(tensors[name], where=f"tensor {name!r}", max_elements=max_elements)
+        if entry.crc_field != crc_field:
+            raise ArtifactError(f"tensor {name!r}: a format version {layout.version} file "
+                                f"checks tensors with '{crc_field}', the entry has "
+                                f"'{entry.crc_field}'")
         if entry.total_bytes != len(layout.chunks[TENSOR_CHUNK + name]):
             raise ArtifactError(f"tensor {name!r}: its streams add up to {entry.total_bytes} "
                                 f"bytes, its chunk has {len(layout.chunks[TENSOR_CHUNK + name])}")
@@ -136,30 +185,48 @@ def _check(data: bytes, max_elements: int) -> _Checked:
             raise ArtifactError(f"the tensors declare more than {max_elements:,} elements in "
                                 "all (max_elements); the file is corrupt or not meant for "
                                 "this reader")
+        if total > budget:
+            raise ArtifactError(f"the tensors declare more than {budget:,} elements in all, "
+                                f"more than a file of {layout.file_size:,} bytes may decode to "
+                                f"({ELEMENT_FLOOR:,} + {MAX_ELEMENTS_PER_BYTE} per byte); the "
+                                "file is corrupt or hostile")
         entries[name] = entry
-    return _Checked(layout, entries, sorted(blobs))
+    return _Checked(layout, entries, sorted(blobs), fec)
 
 
-def read_artifact(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Artifact:
+def read_artifact(data: bytes, *, max_elements: int = DEFAULT_MAX_ELEMENTS,
+                  trusted_keys: Sequence[bytes] | None = None) -> Artifact:
     """Check and decode .mzip bytes; raises ArtifactError naming the check that failed.
-    ``max_elements`` bounds the elements of all tensors together, checked before decoding."""
-    checked = _check(data, max_elements)
-    layout = checked.layout
-    arrays = {}
-    for name in checked.entries:
-        arrays[name] = decode_tensor(layout.manifest["tensors"][name],
-                                     layout.chunks[TENSOR_CHUNK + name],
-                                     where=f"tensor {name!r}", max_elements=max_elements)
+    ``max_elements`` bounds the elements of all tensors together, checked before decoding
+    (as is a bound relative to the file's size). A file with FEC parity is corrected first
+    (``Artifact.fec`` says what was corrected). ``trusted_keys`` (raw Ed25519 public keys,
+    see ``modelzip.flight.sign.load_trusted_keys``): accept only a file signed by one of
+    them, checked before anything is decoded."""
+    try:
+        checked = _check(data, max_elements, trusted_keys)
+        layout = checked.layout
+        arrays = {}
+        for name in checked.entries:
+            arrays[name] = decode_tensor(layout.manifest["tensors"][name],
+                                         layout.chunks[TENSOR_CHUNK + name],
+                                         where=f"tensor {name!r}", max_elements=max_elements,
+                                         name=name)
+    except MemoryError:
+        raise ArtifactError("not enough memory to decode the file; it declares more than "
+                            "this machine can hold (lower max_elements to refuse such files "
+                            "sooner)") from None
     blobs = {name: bytes(layout.chunks[BLOB_CHUNK + name]) for name in checked.blob_names}
-    return Artifact(manifest=layout.manifest, tensors=arrays, blobs=blobs)
+    return Artifact(manifest=layout.manifest, tensors=arrays, blobs=blobs, fec=checked.fec,
+                    signer=layout.signer)
 
 
 def read_artifact_file(path: str | os.PathLike[str], *,
-                       max_elements: int = DEFAULT_MAX_ELEMENTS) -> Artifact:
+                       max_elements: int = DEFAULT_MAX_ELEMENTS,
+                       trusted_keys: Sequence[bytes] | None = None) -> Artifact:
     """``read_artifact`` on a file; errors name the path."""
     data = load_artifact_bytes(path)
     try:
-        return read_artifact(data, max_elements=max_elements)
+        return read_artifact(data, max_elements=max_elements, trusted_keys=trusted_keys)
     except ArtifactError as exc:
         raise ArtifactError(f"{path}: {exc}") from None
 
@@ -200,11 +267,15 @@ def describe_artifact(data: bytes) -> list[dict]:
 def summarize_artifact(data: bytes) -> dict[str, Any]:
     """``describe_artifact``'s rows under "tensors", plus where the file's bytes go:
     file_bytes = header_bytes + manifest_bytes + tensor_bytes + blob_bytes + checksum_bytes
-    (manifest_json_bytes: the manifest inflated); and "blobs": {name: bytes}, "model",
-    "meta"."""
+    (+ signature_bytes for a signed file; manifest_json_bytes: the manifest inflated); and
+    "blobs": {name: bytes}, "model", "meta"; for a file with FEC parity, "fec": what was
+    corrected and protected_file_bytes (the sizes above are of the .mzip inside)."""
     checked = _check(data, DEFAULT_MAX_ELEMENTS)
     layout = checked.layout
     rows = [_row(name, e, e.total_bytes) for name, e in checked.entries.items()]
+    extra: dict[str, Any] = {"signature_bytes": layout.signature_size}
+    if checked.fec is not None:
+        extra["fec"] = {**checked.fec.to_dict(), "protected_file_bytes": len(data)}
     blob_sizes = {name: len(layout.chunks[BLOB_CHUNK + name]) for name in checked.blob_names}
     return {
         "file_bytes": layout.file_size, "header_bytes": layout.header_size,
@@ -212,5 +283,5 @@ def summarize_artifact(data: bytes) -> dict[str, Any]:
         "checksum_bytes": layout.checksum_size,
         "tensor_bytes": sum(r["bytes"] for r in rows), "blob_bytes": sum(blob_sizes.values()),
         "tensors": rows, "blobs": blob_sizes, "model": layout.manifest.get("model"),
-        "meta": layout.manifest.get("meta") or {},
+        "meta": layout.manifest.get("meta") or {}, **extra,
     }

@@ -4,20 +4,28 @@ Layout (integers little-endian)::
 
     offset  size  field
     0       4     magic b"MZIP"
-    4       2     format version (uint16)
-    6       2     flags (uint16); bit 0: the manifest is deflated (raw DEFLATE, RFC 1951)
+    4       2     format version (uint16): 2 (1: tensors' CRC32 without dtype and shape)
+    6       2     flags (uint16); bit 0: the manifest is deflated (raw DEFLATE, RFC 1951);
+                  bit 1: a signature block follows the SHA-256
     8       4     manifest length M in bytes, as stored (uint32)
     12      8     chunk area length C in bytes (uint64)
     20      M     manifest: UTF-8 JSON, keys sorted, no whitespace; deflated when that is
                   smaller (its keys and tensor names repeat: typically 5-6x smaller)
     20+M    C     chunks, back to back, in the order of manifest["chunks"]
     20+M+C  32    SHA-256 of all the bytes before it
+    52+M+C  96    (signed files only) the signer's Ed25519 public key (32 bytes, raw) and the
+                  Ed25519 signature (64 bytes) of all the bytes before the block
 
 ``manifest["chunks"]`` lists every chunk as ``[name, length, crc32]``, in file order; what
 the chunks mean is up to the caller (see artifact.py). ``read_container`` checks, in this order, and
 raises ``ArtifactError`` naming the check that failed: the header's length, the magic, the
 version, the declared sizes against the file's size (before allocating anything), the
+signature (when trusted keys are given: an unsigned file, or one signed by another key or
+whose signature does not verify, is refused here, before anything else is read), the
 SHA-256, the manifest's JSON and chunk table, and each chunk's CRC32.
+
+The SHA-256 and CRC32s stop accidents, not a forger (who can recompute them); the signature
+stops a forger, for readers that are given the trusted public keys.
 """
 
 from __future__ import annotations
@@ -26,29 +34,39 @@ import hashlib
 import json
 import struct
 import zlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from modelzip.errors import ArtifactError
+from modelzip.errors import ArtifactError, ConfigError
 
 __all__ = [
     "FORMAT_VERSION",
     "HEADER_SIZE",
     "MAGIC",
     "SHA_SIZE",
+    "SIGNATURE_BLOCK_SIZE",
     "SUPPORTED_VERSIONS",
     "ContainerLayout",
+    "add_signature",
     "read_container",
+    "signature_of",
     "write_container",
 ]
 
 MAGIC = b"MZIP"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 _HEADER = struct.Struct("<4sHHIQ")
 HEADER_SIZE = _HEADER.size  # 20
 SHA_SIZE = 32
+PUBLIC_KEY_SIZE = 32
+SIGNATURE_SIZE = 64
+SIGNATURE_BLOCK_SIZE = PUBLIC_KEY_SIZE + SIGNATURE_SIZE
 FLAG_DEFLATED = 1
-KNOWN_FLAGS = FLAG_DEFLATED
+FLAG_SIGNED = 2
+KNOWN_FLAGS = FLAG_DEFLATED | FLAG_SIGNED
+# verify(public_key, signature, message) -> bool: Ed25519, supplied by modelzip.flight.sign
+Verifier = Callable[[bytes, bytes, bytes], bool]
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest is a few KB; refuse absurd ones before reading
 
 
@@ -84,18 +102,56 @@ def write_container(manifest: dict[str, Any], chunks: list[tuple[str, bytes]]) -
     return blob + hashlib.sha256(blob).digest()
 
 
+def add_signature(blob: bytes, public_key: bytes, sign: Callable[[bytes], bytes]) -> bytes:
+    """``blob`` (an unsigned container) signed: the signed flag set in its header, its SHA-256
+    recomputed, then the signature block (``public_key``, ``sign(all bytes before it)``)
+    appended. ``sign`` returns the 64-byte Ed25519 signature of its argument."""
+    layout = read_container(blob)
+    if layout.signer is not None:
+        raise ArtifactError("the file is already signed")
+    if len(public_key) != PUBLIC_KEY_SIZE:
+        raise ArtifactError(f"an Ed25519 public key is {PUBLIC_KEY_SIZE} bytes, got "
+                            f"{len(public_key)}")
+    data = bytearray(blob[:-SHA_SIZE])
+    magic, version, flags, m, c = _HEADER.unpack_from(data, 0)
+    _HEADER.pack_into(data, 0, magic, version, flags | FLAG_SIGNED, m, c)
+    data += hashlib.sha256(data).digest()
+    signature = sign(bytes(data))
+    if len(signature) != SIGNATURE_SIZE:
+        raise ArtifactError(f"an Ed25519 signature is {SIGNATURE_SIZE} bytes, got "
+                            f"{len(signature)}")
+    return bytes(data) + public_key + signature
+
+
+def signature_of(data: bytes | bytearray | memoryview) -> tuple[bytes, bytes] | None:
+    """(public key, signature) of a signed container, None for an unsigned one; only the
+    header is checked."""
+    view = memoryview(data).cast("B")
+    if len(view) < HEADER_SIZE:
+        return None
+    _, _, flags, _, _ = _HEADER.unpack_from(view, 0)
+    if not flags & FLAG_SIGNED or len(view) < HEADER_SIZE + SHA_SIZE + SIGNATURE_BLOCK_SIZE:
+        return None
+    block = bytes(view[len(view) - SIGNATURE_BLOCK_SIZE:])
+    return block[:PUBLIC_KEY_SIZE], block[PUBLIC_KEY_SIZE:]
+
+
 class ContainerLayout:
     """Where things are in a checked container: sizes of each part, chunks by name."""
 
     def __init__(self, manifest: dict[str, Any], chunks: dict[str, memoryview],
-                 manifest_size: int, manifest_json_size: int, file_size: int) -> None:
+                 manifest_size: int, manifest_json_size: int, file_size: int,
+                 signer: bytes | None = None, version: int = FORMAT_VERSION) -> None:
         self.manifest = manifest
         self.chunks = chunks
         self.header_size = HEADER_SIZE
         self.manifest_size = manifest_size  # as stored
         self.manifest_json_size = manifest_json_size  # inflated
         self.checksum_size = SHA_SIZE
+        self.signature_size = SIGNATURE_BLOCK_SIZE if signer is not None else 0
         self.file_size = file_size
+        self.signer = signer  # the signer's public key (raw), None when unsigned
+        self.version = version
 
 
 def _check_chunk_table(manifest: dict[str, Any], chunk_area: int) -> list[tuple[str, int, int]]:
@@ -120,8 +176,42 @@ def _check_chunk_table(manifest: dict[str, Any], chunk_area: int) -> list[tuple[
     return out
 
 
-def read_container(data: bytes | bytearray | memoryview) -> ContainerLayout:
-    """Check and split a container; raises ArtifactError naming the first check that fails."""
+def _check_signature(view: memoryview, signed: bool, trusted_keys: Sequence[bytes],
+                     verify: Verifier | None) -> None:
+    if not signed:
+        raise ArtifactError("the file is not signed, and this reader accepts only files "
+                            "signed by its trusted keys; sign it with: modelzip pack --sign KEY")
+    if verify is None:
+        from modelzip.flight.sign import verify_signature as verify
+    trusted = set()
+    for key in trusted_keys:
+        if not isinstance(key, bytes | bytearray) or len(key) != PUBLIC_KEY_SIZE:
+            raise ConfigError("trusted keys are raw 32-byte Ed25519 public keys; read key "
+                              "files with modelzip.flight.sign.load_trusted_keys")
+        trusted.add(bytes(key))
+    size = len(view)
+    public_key = bytes(view[size - SIGNATURE_BLOCK_SIZE:size - SIGNATURE_SIZE])
+    if public_key not in trusted:
+        raise ArtifactError(f"the file is signed by key {_fingerprint(public_key)}, which is "
+                            "not among the trusted keys")
+    if not verify(public_key, bytes(view[size - SIGNATURE_SIZE:]),
+                  bytes(view[:size - SIGNATURE_BLOCK_SIZE])):
+        raise ArtifactError(f"the signature by key {_fingerprint(public_key)} does not verify: "
+                            "the file was changed after it was signed, or is forged")
+
+
+def _fingerprint(public_key: bytes) -> str:
+    return hashlib.sha256(public_key).hexdigest()[:16]
+
+
+def read_container(data: bytes | bytearray | memoryview, *,
+                   trusted_keys: Sequence[bytes] | None = None,
+                   verify: Verifier | None = None) -> ContainerLayout:
+    """Check and split a container; raises ArtifactError naming the first check that fails.
+    ``trusted_keys`` (raw Ed25519 public keys): accept only a file signed by one of them,
+    checked before the rest of the file is read (``verify``: the signature check, by default
+    ``modelzip.flight.sign.verify_signature``). Without trusted keys, a signature is carried
+    but not checked (the SHA-256 still is)."""
     view = memoryview(data).cast("B")
     size = len(view)
     if size < HEADER_SIZE:
@@ -141,7 +231,9 @@ def read_container(data: bytes | bytearray | memoryview) -> ContainerLayout:
     if manifest_size > MAX_MANIFEST_BYTES:
         raise ArtifactError(f"header declares a manifest of {manifest_size:,} bytes, more than "
                             f"the limit of {MAX_MANIFEST_BYTES:,}; the file is corrupt")
-    declared = HEADER_SIZE + manifest_size + chunk_area + SHA_SIZE
+    signed = bool(flags & FLAG_SIGNED)
+    declared = (HEADER_SIZE + manifest_size + chunk_area + SHA_SIZE
+                + (SIGNATURE_BLOCK_SIZE if signed else 0))
     if declared > size:
         raise ArtifactError(f"header declares {declared:,} bytes (manifest {manifest_size:,}, "
                             f"chunks {chunk_area:,}), but the file has {size:,}: it is "
@@ -149,7 +241,10 @@ def read_container(data: bytes | bytearray | memoryview) -> ContainerLayout:
     if declared < size:
         raise ArtifactError(f"file has {size - declared:,} bytes after the end its header "
                             "declares: it is corrupt, or two files were joined")
-    if hashlib.sha256(view[:size - SHA_SIZE]).digest() != view[size - SHA_SIZE:]:
+    if trusted_keys is not None:
+        _check_signature(view, signed, trusted_keys, verify)
+    end = size - (SIGNATURE_BLOCK_SIZE if signed else 0)
+    if hashlib.sha256(view[:end - SHA_SIZE]).digest() != view[end - SHA_SIZE:end]:
         raise ArtifactError("SHA-256 mismatch: the file is corrupted or truncated")
     raw = bytes(view[HEADER_SIZE:HEADER_SIZE + manifest_size])
     if flags & FLAG_DEFLATED:
@@ -168,7 +263,8 @@ def read_container(data: bytes | bytearray | memoryview) -> ContainerLayout:
             raise ArtifactError(f"chunk {name!r} fails its CRC32 check: its bytes are damaged")
         chunks[name] = chunk
         offset += length
-    return ContainerLayout(manifest, chunks, manifest_size, len(raw), size)
+    signer = bytes(view[end:end + PUBLIC_KEY_SIZE]) if signed else None
+    return ContainerLayout(manifest, chunks, manifest_size, len(raw), size, signer, version)
 
 
 def _inflate(data: bytes) -> bytes:

@@ -12,17 +12,22 @@ statistics) and, as its ``model``, how to put the weights back (``model_record``
     name          zoo name, builder or class name (for people and tables)
     input_shape   per-sample input shape when known (C, H, W)
     parameters    the parameter count (dense fp32 bytes = 4 x this)
-    torch_dtypes  {tensor: dtype} for dtypes numpy lacks (bfloat16), if any
+    torch_dtypes  {tensor: dtype} for dtypes numpy lacks (bfloat16), if any: each names a
+                  stored int16 tensor (checked when unpacking)
 
 ``unpack(data, model=skeleton)`` replays the structure on a freshly built copy of the user's
-model and loads every tensor bit for bit; a zoo model needs no skeleton. Records written
-before ``structure`` existed (``layer_changes`` of zoo layers) still unpack.
+model and loads every tensor bit for bit; a zoo model needs no skeleton. Every stored tensor
+is checked against the rebuilt model: same shape, and the same dtype (a floating-point tensor
+may come back in another floating-point dtype: a float16 model stays one), so that a forged
+dtype cannot slip into the model. Records written before ``structure`` existed
+(``layer_changes`` of zoo layers) still unpack.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +36,13 @@ import torch
 from torch import nn
 
 from modelzip.atomic import write_atomic
-from modelzip.codec.artifact import Artifact, read_artifact, read_artifact_file, write_artifact
+from modelzip.codec.artifact import (
+    Artifact,
+    protect_artifact,
+    read_artifact,
+    read_artifact_file,
+    write_artifact,
+)
 from modelzip.core.builders import build_from_target, source_of
 from modelzip.core.modelrec import (
     BASE_ATTR,
@@ -298,11 +309,52 @@ def _check_structure_shapes(structure: Any, shapes: dict[str, tuple[int, ...]],
                 check(full, pair[1])
 
 
-def unpack(data: bytes, *, model: nn.Module | None = None) -> nn.Module:
+def unpack(data: bytes, *, model: nn.Module | None = None,
+           trusted_keys: Sequence[bytes] | None = None) -> nn.Module:
     """The model in .mzip bytes written by ``pack``, every tensor bit for bit, in eval mode.
     ``model``: a freshly built copy of the user's model (changed in place and returned); not
-    needed for a zoo model."""
-    return model_from_artifact(read_artifact(data), model=model)
+    needed for a zoo model. ``trusted_keys``: see ``read_artifact``."""
+    return model_from_artifact(read_artifact(data, trusted_keys=trusted_keys), model=model)
+
+
+def _torch_dtypes(record: dict[str, Any], arrays: dict[str, np.ndarray],
+                  what: str) -> dict[str, torch.dtype]:
+    """The record's dtype table, checked: each entry names a stored tensor of the integer
+    dtype that stands in for a dtype numpy lacks."""
+    viewed = record.get("torch_dtypes") or {}
+    if not isinstance(viewed, dict):
+        raise ArtifactError(f"{what}: the model record's torch_dtypes is not a mapping")
+    out = {}
+    for key, name in viewed.items():
+        target = getattr(torch, name, None) if isinstance(name, str) else None
+        if target not in _VIEW_AS:
+            raise ArtifactError(f"{what}: tensor {key!r} has unknown dtype {name!r} in the "
+                                f"model record (known: "
+                                f"{', '.join(str(d).removeprefix('torch.') for d in _VIEW_AS)})")
+        stored = arrays.get(key)
+        if stored is None:
+            raise ArtifactError(f"{what}: the model record gives a dtype to tensor {key!r}, "
+                                "which is not stored")
+        expected = str(_VIEW_AS[target]).removeprefix("torch.")
+        if stored.dtype != np.dtype(expected):
+            raise ArtifactError(f"{what}: tensor {key!r} is stored as {stored.dtype}; a "
+                                f"{name} tensor is stored as {expected}")
+        out[key] = target
+    return out
+
+
+def _check_dtypes(net: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Every stored tensor has the dtype of the model's own tensor (floating point may differ
+    in width: a float16 model); a forged dtype is named."""
+    for key, ours in net.state_dict().items():
+        stored = state[key]
+        if stored.dtype == ours.dtype or (stored.dtype.is_floating_point
+                                          and ours.dtype.is_floating_point):
+            continue
+        raise ArtifactError(f"{what}: tensor {key!r} is stored as "
+                            f"{str(stored.dtype).removeprefix('torch.')}, but the model's is "
+                            f"{str(ours.dtype).removeprefix('torch.')}: the file is forged or "
+                            "for another model")
 
 
 def model_from_artifact(artifact: Artifact, what: str = "this artifact", *,
@@ -316,17 +368,13 @@ def model_from_artifact(artifact: Artifact, what: str = "this artifact", *,
         raise ArtifactError(f"{what} carries an ONNX graph, not PyTorch weights; run it with: "
                             "modelzip run FILE --input inputs.npy")
     arrays = artifact.tensors
+    viewed = _torch_dtypes(record, arrays, what)
     net = rebuild(record, {k: tuple(a.shape) for k, a in arrays.items()}, what, model=model)
-    viewed = record.get("torch_dtypes") or {}
     state = {}
     for key, array in arrays.items():
         t = torch.from_numpy(array)
-        if key in viewed:
-            target = getattr(torch, str(viewed[key]), None)
-            if target not in _VIEW_AS:
-                raise ArtifactError(f"{what}: tensor {key!r} has unknown dtype {viewed[key]!r}")
-            t = t.view(target)
-        state[key] = t
+        state[key] = t.view(viewed[key]) if key in viewed else t
+    _check_dtypes(net, state, what)
     # assign: the model takes the stored tensors themselves, with their dtypes (a float16 or
     # bfloat16 model comes back as one), instead of copying them into float32 ones
     net.load_state_dict(state, strict=True, assign=True)
@@ -334,13 +382,20 @@ def model_from_artifact(artifact: Artifact, what: str = "this artifact", *,
 
 
 def pack_file(model: nn.Module, path: str | os.PathLike[str], *, coder: str = "best",
-              meta: dict | None = None, skeleton: nn.Module | None = None) -> Path:
-    """``pack`` written atomically to ``path``; returns the path."""
+              meta: dict | None = None, skeleton: nn.Module | None = None,
+              fec: float | str | None = None, sign: Any = None) -> Path:
+    """``pack`` written atomically to ``path``; returns the path. ``sign`` (an Ed25519 private
+    key or its PEM file) and ``fec`` (parity per data byte, 0.08 or "8%"): see
+    ``protect_artifact``."""
     path = Path(path)
-    write_atomic(path, pack(model, coder=coder, meta=meta, skeleton=skeleton))
+    blob = protect_artifact(pack(model, coder=coder, meta=meta, skeleton=skeleton), fec=fec,
+                            sign=sign)
+    write_atomic(path, blob)
     return path
 
 
-def unpack_file(path: str | os.PathLike[str], *, model: nn.Module | None = None) -> nn.Module:
+def unpack_file(path: str | os.PathLike[str], *, model: nn.Module | None = None,
+                trusted_keys: Sequence[bytes] | None = None) -> nn.Module:
     """``unpack`` of a file; errors name the path."""
-    return model_from_artifact(read_artifact_file(path), str(path), model=model)
+    return model_from_artifact(read_artifact_file(path, trusted_keys=trusted_keys), str(path),
+                               model=model)

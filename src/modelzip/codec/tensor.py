@@ -36,12 +36,20 @@ Values (``entry["values"]``) are coded in one of three ways, whichever is smalle
 for bit.
 
 A tensor's payload is its index stream, then its values stream, then its codebook or its grid
-(scales, then zero points); the entry records the bytes of each, and ``decoded_crc32``, the
-CRC32 of the tensor's little-endian bytes. ``decode_tensor`` trusts nothing in the entry:
+(scales, then zero points); the entry records the bytes of each, and ``tensor_crc32``: the
+CRC32 of the tensor's descriptor, ``<name> NUL <dtype>:<d0>,<d1>,...;`` (the name UTF-8, the
+rest ASCII; e.g. ``b"fc.bias\\x00float32:10;"``, ``b"\\x00float32:;"`` for an unnamed scalar),
+followed by its little-endian bytes, so that a relabelled dtype or shape, or two tensors
+swapped by name, fail it as damaged bytes do. Entries of format version 1 carry
+``decoded_crc32`` instead, the CRC32 of the bytes alone (still read; see docs/FORMAT.md).
+``decode_tensor`` trusts nothing in the entry:
 every count and size is checked against the others and against the payload, and the
 decoded tensor against the declared number of non-zeros and the CRC32 (so that an entry that
 lies, e.g. a longer shape whose tail would decode as zeros, or a decoder that differs, cannot
-yield wrong weights).
+yield wrong weights). Every dimension is bounded by ``max_elements``, and a payload may
+decode to at most ``ELEMENT_FLOOR + MAX_ELEMENTS_PER_BYTE`` x its size elements (a constant
+or all-zero tensor costs a few bytes whatever its size: without this a tiny hostile file
+could make the reader allocate gigabytes).
 """
 
 from __future__ import annotations
@@ -65,8 +73,10 @@ from modelzip.errors import ArtifactError, ConfigError
 
 __all__ = [
     "DEFAULT_MAX_ELEMENTS",
+    "ELEMENT_FLOOR",
     "LAYOUTS",
     "MAX_CODEBOOK",
+    "MAX_ELEMENTS_PER_BYTE",
     "MAX_GRID_LEVELS",
     "SUPPORTED_DTYPES",
     "TensorEntry",
@@ -76,6 +86,7 @@ __all__ = [
     "fixed_gap_entries",
     "grid_values",
     "layout_candidates",
+    "tensor_crc32",
 ]
 
 SUPPORTED_DTYPES = ("bool", "float16", "float32", "float64", "int8", "int16", "int32",
@@ -86,6 +97,12 @@ MAX_GRID_LEVELS = 65536  # grid integers and zero points: exact in float32 (belo
 MAX_GAP_BITS = 16
 MAX_NDIM = 32
 DEFAULT_MAX_ELEMENTS = 1 << 28  # 1 GiB of float32: far above any model this tool targets
+# Relative bound: elements decoded per byte of coded payload. Real tensors take >= 1 bit per
+# element unless constant (deep-compressed weights: 5-50 elements per byte); only constant or
+# all-zero tensors go further, and those are small (biases, BatchNorm statistics).
+ELEMENT_FLOOR = 1 << 20
+MAX_ELEMENTS_PER_BYTE = 256
+CRC_FIELDS = ("tensor_crc32", "decoded_crc32")  # format version 2, version 1
 PLAIN = "plain"
 
 
@@ -281,8 +298,8 @@ def _choose_gap_bits(gaps: np.ndarray, nonzero_values: np.ndarray, itemsize: int
     return best
 
 
-def layout_candidates(array: np.ndarray, coder: str = "best", hint: Any = None
-                      ) -> list[tuple[dict[str, Any], bytes]]:
+def layout_candidates(array: np.ndarray, coder: str = "best", hint: Any = None, *,
+                      name: str = "") -> list[tuple[dict[str, Any], bytes]]:
     """Every layout tried for ``array``, each as (entry, payload): dense; and, unless it has
     no zero, sparse-gaps and (when a width below the longest gap helps) sparse-fixed with the
     gap width of smallest estimated size. ``hint`` (see ``encode_tensor``) adds the grid to the
@@ -311,11 +328,12 @@ def layout_candidates(array: np.ndarray, coder: str = "best", hint: Any = None
             symbols = grid.symbols(np.cumsum(index + 1) - 1) if grid else None
             candidates.append(_candidate("sparse-fixed", index, values, itemsize, coder,
                                          grid, symbols, gap_bits=gap_bits))
-    crc = _crc_of(bits, itemsize)
+    shape = [int(d) for d in array.shape]
+    crc = tensor_crc32(bits, dtype_name, shape, name)
     out = []
     for c in candidates:
-        entry: dict[str, Any] = {"dtype": dtype_name, "shape": [int(d) for d in array.shape],
-                                 "nonzeros": int(nonzero.size), "decoded_crc32": crc,
+        entry: dict[str, Any] = {"dtype": dtype_name, "shape": shape,
+                                 "nonzeros": int(nonzero.size), "tensor_crc32": crc,
                                  **c.fields}
         for key, info, _ in c.streams:
             entry[key] = info
@@ -323,8 +341,8 @@ def layout_candidates(array: np.ndarray, coder: str = "best", hint: Any = None
     return out
 
 
-def encode_tensor(array: np.ndarray, coder: str = "best", hint: Any = None
-                  ) -> tuple[dict[str, Any], bytes]:
+def encode_tensor(array: np.ndarray, coder: str = "best", hint: Any = None, *,
+                  name: str = "") -> tuple[dict[str, Any], bytes]:
     """Code ``array`` (any shape, a dtype in SUPPORTED_DTYPES) in its smallest layout. Returns
     the manifest entry and the payload; ``decode_tensor(entry, payload)`` gives the array back
     bit for bit. ``coder``: ``best`` or a name in ``CODERS``, used for every coded stream.
@@ -333,22 +351,23 @@ def encode_tensor(array: np.ndarray, coder: str = "best", hint: Any = None
     ``scale`` (one per channel along axis 0, or one), so that the grid value coding is tried
     (other keys, such as ``zero_point``, ``bits``, ``axis``: 0, are allowed; the zero points
     stored are the encoder's own choice). The grid is kept only when it is the smallest and
-    its entry decodes to ``array`` bit for bit; otherwise the hint changes nothing."""
+    its entry decodes to ``array`` bit for bit; otherwise the hint changes nothing. ``name``:
+    the tensor's name in its artifact, covered by the CRC32 (decode with the same name)."""
     def smallest(candidates: list[tuple[dict[str, Any], bytes]]
                  ) -> tuple[dict[str, Any], bytes]:
         # min keeps the first of equals: dense, then sparse-gaps, then sparse-fixed
         return min(candidates, key=lambda c: len(c[1]))
 
-    entry, payload = smallest(layout_candidates(array, coder, hint))
-    if "grid" in entry and not _decodes_to(entry, payload, np.asarray(array)):
+    entry, payload = smallest(layout_candidates(array, coder, hint, name=name))
+    if "grid" in entry and not _decodes_to(entry, payload, np.asarray(array), name):
         # not expected (every element was checked on the grid); the full decode is the proof
-        entry, payload = smallest(layout_candidates(array, coder))
+        entry, payload = smallest(layout_candidates(array, coder, name=name))
     return entry, payload
 
 
-def _decodes_to(entry: dict[str, Any], payload: bytes, array: np.ndarray) -> bool:
+def _decodes_to(entry: dict[str, Any], payload: bytes, array: np.ndarray, name: str) -> bool:
     try:
-        out = decode_tensor(entry, payload, max_elements=max(1, array.size))
+        out = decode_tensor(entry, payload, max_elements=max(1, array.size), name=name)
     except ArtifactError:
         return False
     native = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
@@ -402,7 +421,8 @@ class TensorEntry:
     value_bytes: int
     codebook_size: int
     codebook_bytes: int
-    decoded_crc32: int
+    decoded_crc32: int  # the value of crc_field
+    crc_field: str = "tensor_crc32"  # or "decoded_crc32": the bytes alone (format version 1)
     grid_channels: int = 0  # 0: no grid
     grid_levels: int = 0
     scale_bytes: int = 0
@@ -443,12 +463,21 @@ def check_entry(entry: Any, *, where: str = "tensor",
             or any(type(d) is not int or d < 0 for d in shape)):
         raise _fail(where, f"shape {shape!r} is not a list of at most {MAX_NDIM} "
                            "non-negative integers")
+    for d in shape:
+        if d > max_elements:
+            raise _fail(where, f"shape {shape} has a dimension of {d:,}, more than the limit of "
+                               f"{max_elements:,} elements (max_elements)")
     count = math.prod(shape)
     if count > max_elements:
         raise _fail(where, f"declares {count:,} elements, more than the limit of "
                            f"{max_elements:,} (max_elements)")
     nonzeros = _int(entry, "nonzeros", where, 0, count)
-    decoded_crc32 = _int(entry, "decoded_crc32", where, 0, 2**32 - 1)
+    crcs = {key: _int(entry, key, where, 0, 2**32 - 1) for key in CRC_FIELDS if key in entry}
+    if len(crcs) != 1:
+        raise _fail(where, "needs exactly one of the fields 'tensor_crc32' (format version 2) "
+                           "and 'decoded_crc32' (version 1): the CRC32 check of the decoded "
+                           "tensor")
+    crc_field, decoded_crc32 = next(iter(crcs.items()))
     layout = entry.get("layout")
     if layout not in LAYOUTS:
         raise _fail(where, f"layout {layout!r} is unknown (known: {', '.join(LAYOUTS)})")
@@ -489,7 +518,7 @@ def check_entry(entry: Any, *, where: str = "tensor",
                        index_coder=index_coder, index_bytes=index_bytes,
                        value_coder=value_coder, value_bytes=value_bytes,
                        codebook_size=codebook_size, codebook_bytes=codebook_bytes,
-                       decoded_crc32=decoded_crc32, **grid)
+                       decoded_crc32=decoded_crc32, crc_field=crc_field, **grid)
 
 
 def _check_grid(entry: dict[str, Any], where: str, dtype_name: str, shape: list[int]
@@ -532,13 +561,19 @@ def _positions(e: TensorEntry, data: np.ndarray, where: str) -> np.ndarray:
 
 
 def decode_tensor(entry: dict[str, Any], payload: bytes, *, where: str = "tensor",
-                  max_elements: int = DEFAULT_MAX_ELEMENTS) -> np.ndarray:
-    """Decode a tensor written by ``encode_tensor``; raises ArtifactError (prefixed with
-    ``where``) when the entry and payload disagree in any way."""
+                  max_elements: int = DEFAULT_MAX_ELEMENTS, name: str = "") -> np.ndarray:
+    """Decode a tensor written by ``encode_tensor`` (under the same ``name``); raises
+    ArtifactError (prefixed with ``where``) when the entry and payload disagree in any way."""
     e = check_entry(entry, where=where, max_elements=max_elements)
     buf = as_byte_array(payload)
     if buf.size != e.total_bytes:
         raise _fail(where, f"payload is {buf.size} bytes, the entry declares {e.total_bytes}")
+    bound = ELEMENT_FLOOR + MAX_ELEMENTS_PER_BYTE * buf.size
+    if e.count > bound:
+        raise _fail(where, f"declares {e.count:,} elements in a payload of {buf.size:,} bytes, "
+                           f"more than the bound of {bound:,} ({ELEMENT_FLOOR:,} + "
+                           f"{MAX_ELEMENTS_PER_BYTE} per byte); the entry is corrupt or "
+                           "hostile")
     word = np.dtype(f"u{e.dtype.itemsize}")
     try:
         positions = (_positions(e, buf[:e.index_bytes], where) if e.layout != "dense"
@@ -568,9 +603,13 @@ def decode_tensor(entry: dict[str, Any], payload: bytes, *, where: str = "tensor
     found = int(np.count_nonzero(bits))
     if found != e.nonzeros:
         raise _fail(where, f"decodes to {found} non-zeros, the entry declares {e.nonzeros}")
-    if _crc_of(bits, e.dtype.itemsize) != e.decoded_crc32:
-        raise _fail(where, "the decoded tensor fails its CRC32 check: the entry does not "
-                           "describe its payload")
+    if e.crc_field == "tensor_crc32":
+        crc = tensor_crc32(bits, e.dtype.name, e.shape, name)
+    else:
+        crc = _crc_of(bits, e.dtype.itemsize)
+    if crc != e.decoded_crc32:
+        raise _fail(where, f"the decoded tensor fails its CRC32 check ({e.crc_field}): the "
+                           "entry (dtype, shape or coding) does not describe its payload")
     if e.dtype == np.bool_ and bits.size and int(bits.max()) > 1:
         raise _fail(where, "bool tensor holds bytes other than 0 and 1")
     return bits.view(e.dtype).reshape(e.shape)
@@ -601,6 +640,17 @@ def _grid_decode(e: TensorEntry, side: np.ndarray, value_data: np.ndarray,
         rows = positions // (e.count // channels)
         values = grid_values(k, zero_points[rows], scales[rows])
     return values.view(np.uint32)
+
+
+def tensor_crc32(bits: np.ndarray, dtype: str, shape: list[int] | tuple[int, ...],
+                 name: str = "") -> int:
+    """The ``tensor_crc32`` of a tensor (format version 2): CRC32 of its descriptor
+    ``<name> NUL <dtype>:<d0>,<d1>,...;`` and then of its little-endian bytes (``bits``: the
+    elements' bit patterns as unsigned ints, flat)."""
+    descriptor = (name.encode("utf-8", "surrogatepass") + b"\0"
+                  + f"{dtype}:{','.join(str(int(d)) for d in shape)};".encode("ascii"))
+    return zlib.crc32(bits.astype(f"<u{bits.dtype.itemsize}", copy=False).tobytes(),
+                      zlib.crc32(descriptor))
 
 
 def _crc_of(bits: np.ndarray, itemsize: int) -> int:

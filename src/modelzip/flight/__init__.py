@@ -1,0 +1,2 @@
+"""Flight readiness: error-correcting and signed artifacts, bit-flip (SEU) injection, delta
+updates."""
