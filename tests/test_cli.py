@@ -195,7 +195,7 @@ def test_failed_train_keeps_existing_checkpoint(tmp_path: Path, rgb_folder: Path
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert_user_error(
         run_cli("train", "lenet300", "--dataset", f"folder:{rgb_folder}", "--epochs", "1",
-                "--no-progress", "-o", out),
+                "--no-progress", "--force", "-o", out),
         "1x28x28", "3x8x8")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     fresh = tmp_path / "fresh"

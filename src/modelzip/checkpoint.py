@@ -3,7 +3,9 @@ and ``modelzip.json`` (how to rebuild the model: the record of ``modelzip.codec.
 its structural changes; dataset, training settings, metrics, SHA-256 of the weights). Nothing
 is ever pickled or unpickled. ``load_checkpoint(path, model=skeleton)`` replays the recorded
 changes on a freshly built copy of a user's model; a zoo model needs no skeleton. Version 1
-folders (zoo name + ``layer_shapes``) still load.
+folders (zoo name + ``layer_shapes``) still load. A checkpoint is saved as a whole folder,
+written under a temporary name and renamed into place once; its JSON fields are checked by
+type when it is read.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import copy
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from modelzip import __version__
-from modelzip.atomic import write_atomic
+from modelzip.atomic import staged_folder, write_atomic
 from modelzip.core.builders import source_of
 from modelzip.errors import CheckpointError, ModelzipError
 from modelzip.zoo import build_model
@@ -30,11 +33,13 @@ from modelzip.zoo import build_model
 __all__ = [
     "Checkpoint",
     "check_state",
+    "checkpoint_files",
     "load_checkpoint",
     "load_state",
     "load_weights",
     "save_checkpoint",
     "write_atomic",
+    "write_checkpoint_files",
 ]
 
 WEIGHTS_FILE = "model.safetensors"
@@ -69,17 +74,71 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
     skeleton: nn.Module | None = None,
     force: bool = True,
+    keep_others: bool = True,
 ) -> Path:
     """Save any model to ``directory`` (created if needed). The record is checked first by
     rebuilding the model from it (as ``pack`` does), so nothing is written that cannot be
-    read back. The weights are written first and the JSON last, each atomically; the JSON
-    records the weights' SHA-256. ``force=False`` refuses an existing checkpoint folder."""
-    from modelzip.codec.model import _fresh, model_record, rebuild
-
+    read back. Both files are written into a temporary folder beside ``directory``, which
+    then replaces it in one rename: a crash leaves the old checkpoint or the new one, never
+    new weights beside old JSON. ``keep_others``: carry the folder's other entries (e.g. a
+    report) into the new one (as hard links where possible); False replaces the whole
+    folder. ``force=False`` refuses an existing checkpoint folder."""
     directory = Path(directory)
     if not force and (directory / META_FILE).exists():
         raise CheckpointError(f"{directory} holds a checkpoint already; pass --force to "
                               "replace it")
+    blob, meta_text = _checkpoint_files(model, directory, dataset=dataset, training=training,
+                                        metrics=metrics, extra=extra, skeleton=skeleton)
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"{directory} is a file; a checkpoint is a folder")
+    with staged_folder(directory) as staged:
+        if keep_others and directory.is_dir():
+            for entry in directory.iterdir():
+                if entry.name not in (WEIGHTS_FILE, META_FILE) and not (
+                        entry.name.startswith(".") and entry.name.endswith(".tmp")):
+                    _carry(entry, staged / entry.name)
+        write_checkpoint_files(staged, blob, meta_text)
+    return directory
+
+
+def _carry(src: Path, dst: Path) -> None:
+    if src.is_dir() and not src.is_symlink():
+        shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(src, dst)
+
+
+def _link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def checkpoint_files(model: nn.Module, *, dataset: dict[str, Any] | None = None,
+                     training: dict[str, Any] | None = None,
+                     metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                     skeleton: nn.Module | None = None) -> tuple[bytes, bytes]:
+    """The two files of a checkpoint (weights, JSON), checked as ``save_checkpoint`` checks
+    them, for a caller that writes a whole folder itself (``write_checkpoint_files``)."""
+    return _checkpoint_files(model, "the checkpoint", dataset=dataset, training=training,
+                             metrics=metrics, extra=extra, skeleton=skeleton)
+
+
+def write_checkpoint_files(folder: str | os.PathLike[str], blob: bytes, meta_text: bytes
+                           ) -> None:
+    """Write a checkpoint's files into ``folder`` (a staged folder: ``atomic.staged_folder``);
+    the JSON last."""
+    write_atomic(Path(folder) / WEIGHTS_FILE, blob)
+    write_atomic(Path(folder) / META_FILE, meta_text)
+
+
+def _checkpoint_files(model: nn.Module, where: Any, *, dataset: dict[str, Any] | None,
+                      training: dict[str, Any] | None, metrics: dict[str, Any] | None,
+                      extra: dict[str, Any] | None, skeleton: nn.Module | None
+                      ) -> tuple[bytes, bytes]:
+    from modelzip.codec.model import _fresh, model_record, rebuild
+
     record = model_record(model, skeleton=skeleton)
     fresh = copy.deepcopy(skeleton) if skeleton is not None else _fresh(source_of(model))
     if fresh is not None:
@@ -87,7 +146,7 @@ def save_checkpoint(
         try:
             rebuild(record, shapes, "the model to save", model=fresh)
         except ModelzipError as exc:
-            raise CheckpointError(f"{directory}: not saved: {exc}") from None
+            raise CheckpointError(f"{where}: not saved: {exc}") from None
     blob = _state_bytes(model)
     meta: dict[str, Any] = {
         "format": FORMAT_NAME,
@@ -107,11 +166,7 @@ def save_checkpoint(
         meta["quantization_grids"] = grids
     if extra:
         meta.update(extra)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_atomic(directory / WEIGHTS_FILE, blob)
-    meta_text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-    write_atomic(directory / META_FILE, meta_text.encode())
-    return directory
+    return blob, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
 
 
 def load_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], bytes]:
@@ -121,6 +176,8 @@ def load_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], b
         blob = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: weights file not found") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     try:
         return safetensors.torch.load(blob), blob
     except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -164,13 +221,75 @@ def _read_meta(directory: Path) -> dict[str, Any]:
                               "folder") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{meta_path}: corrupt JSON ({exc})") from None
+    except OSError as exc:
+        raise CheckpointError(f"{meta_path}: cannot read it ({exc.strerror or exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{meta_path}: not a modelzip checkpoint (format field missing)")
     if meta.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(f"{meta_path}: checkpoint format version "
                               f"{meta.get('format_version')} is not supported (this modelzip "
                               f"reads version {FORMAT_VERSION})")
+    _check_meta_fields(meta, meta_path)
     return meta
+
+
+# field: (types it may have, what it should be); absent fields take their defaults
+_META_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "model": ((dict,), "an object (the model record)"),
+    "dataset": ((dict,), "an object"),
+    "training": ((dict,), "an object"),
+    "metrics": ((dict,), "an object"),
+    "quantization_grids": ((dict,), "an object"),
+    "layer_shapes": ((dict, type(None)), "an object"),
+    "weights_file": ((str,), "a file name"),
+    "weights_sha256": ((str,), "a SHA-256 in hex"),
+}
+_TRAINING_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "epochs": ((int,), "an integer"), "batch_size": ((int,), "an integer"),
+    "seed": ((int,), "an integer"), "lr": ((int, float), "a number"),
+    "weight_decay": ((int, float), "a number"), "momentum": ((int, float), "a number"),
+    "label_smoothing": ((int, float), "a number"), "optimizer": ((str,), "a name"),
+    "schedule": ((str,), "a name"), "augment": ((str,), "a name"),
+}
+
+
+def _check_meta_fields(meta: dict[str, Any], meta_path: Path) -> None:
+    """The fields modelzip reads back, by type: a hand-edited or forged file fails here with
+    the field's name, not later with a traceback."""
+    def bad(field: str, what: str) -> CheckpointError:
+        return CheckpointError(f"{meta_path}: field {field!r} must be {what}, got "
+                               f"{json.dumps(value)[:60]}; the file was edited or damaged, "
+                               "save the checkpoint again")
+
+    for field, (types, what) in _META_FIELDS.items():
+        value = meta.get(field)
+        if field in meta and (not isinstance(value, types) or isinstance(value, bool)):
+            raise bad(field, what)
+    value = meta.get("weights_file", WEIGHTS_FILE)
+    if Path(value).name != value or value in ("", ".", ".."):
+        raise bad("weights_file", "a file name in the checkpoint folder")
+    for field, (types, what) in _TRAINING_FIELDS.items():
+        value = (meta.get("training") or {}).get(field)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            raise bad(f"training.{field}", what)
+    dataset = meta.get("dataset") or {}
+    for field in ("name",):
+        value = dataset.get(field)
+        if value is not None and not isinstance(value, str):
+            raise bad(f"dataset.{field}", "a name")
+    for field in ("mean", "std", "input_shape", "classes"):
+        value = dataset.get(field)
+        if value is not None and not isinstance(value, list):
+            raise bad(f"dataset.{field}", "a list")
+    model = meta.get("model") or {}
+    for field in ("name", "zoo", "builder"):
+        value = model.get(field)
+        if value is not None and not isinstance(value, str):
+            raise bad(f"model.{field}", "a name")
+    for field in ("kwargs", "structure"):
+        value = model.get(field)
+        if value is not None and not isinstance(value, dict):
+            raise bad(f"model.{field}", "an object")
 
 
 def load_checkpoint(directory: str | os.PathLike[str], model: nn.Module | None = None
