@@ -10,6 +10,12 @@ recipe's ``finetune:`` block; the CLI takes them from the checkpoint's training)
 
     kmeans: {bits: 5, finetune: {epochs: 2, lr: 0.001}}
     drop-bound: {bound_points: 1, finetune: {epochs: 0}}
+
+Any fine-tuning can learn from a teacher as well (knowledge distillation, ``modelzip.distill``):
+``distill: {teacher: original | CHECKPOINT, T: 4, alpha: 0.9}``, where ``original`` is the
+model as ``compress()`` got it::
+
+    kmeans: {bits: 4, finetune: {epochs: 2, distill: {teacher: original}}}
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from torch import nn
 
 from modelzip.errors import ConfigError
 from modelzip.registry import Context, register_technique
-from modelzip.train import TrainConfig
+from modelzip.train import DistillSettings, TrainConfig, as_distill_settings
 
 __all__ = ["FinetuneConfig", "finetune", "resolve_finetune"]
 
@@ -43,8 +49,10 @@ class FinetuneConfig:
     label_smoothing: float | None = None
     augment: str | None = None
     seed: int | None = None
+    distill: DistillSettings | None = None  # learn from a teacher too (modelzip.distill)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "distill", as_distill_settings(self.distill))  # frozen
         epochs = self.epochs
         if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
                                    or epochs < 0):
@@ -56,8 +64,9 @@ class FinetuneConfig:
             TrainConfig(**given)
 
     def overrides(self) -> dict[str, Any]:
-        """The settings given (not None)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        """The settings given (not None); ``distill`` stays a DistillSettings."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not None}
 
     @property
     def skips(self) -> bool:
@@ -102,6 +111,8 @@ def finetune(model: nn.Module, config: FinetuneConfig, ctx: Context) -> nn.Modul
         ctx.train(model, cfg, step_callbacks=[keeper], technique="finetune")
     record = {"step": "finetune", "epochs": cfg.epochs, "lr": cfg.lr,
               "wall_time_s": round(time.perf_counter() - start, 2)}
+    if cfg.distill is not None:
+        record["distill"] = cfg.distill.to_dict()
     if ctx.val_data is not None:
         record["val_error_pct"] = ctx.val_error(model)
     ctx.records.append(record)

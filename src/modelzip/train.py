@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -21,8 +21,8 @@ from modelzip.data import AUGMENTATIONS, ImageDataset
 from modelzip.errors import ConfigError
 from modelzip.zoo import check_input_shape
 
-__all__ = ["EvalResult", "TrainConfig", "TrainHistory", "evaluate", "fit", "predict",
-           "predict_logits"]
+__all__ = ["DistillSettings", "EvalResult", "TrainConfig", "TrainHistory", "evaluate", "fit",
+           "predict", "predict_logits"]
 
 StepCallback = Callable[[nn.Module, int], None]
 EpochCallback = Callable[[nn.Module, int, dict[str, float]], None]
@@ -30,8 +30,53 @@ ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torc
 
 
 @dataclass(frozen=True)
+class DistillSettings:
+    """Knowledge distillation during a training run (Hinton et al. 2015): the loss is
+    ``(1 - alpha) * task + alpha * T^2 * KL(softmax(z_teacher / T) || softmax(z_student / T))``.
+
+    ``teacher``: ``"original"`` (the model as ``compress()`` got it), a modelzip checkpoint
+    folder, or (from Python) a module. ``alpha: 1`` needs no labels: the teacher labels the
+    data. ``Context.train`` turns these settings into the loss (``modelzip.distill``)."""
+
+    teacher: str | nn.Module = "original"
+    T: float = 4.0
+    alpha: float = 0.9
+
+    def __post_init__(self) -> None:
+        teacher = self.teacher
+        if not (isinstance(teacher, nn.Module) or (isinstance(teacher, str) and teacher)):
+            raise ConfigError(f"teacher must be 'original', a checkpoint folder or a module, "
+                              f"got {teacher!r}")
+        if isinstance(self.T, bool) or not isinstance(self.T, int | float) or not self.T > 0:
+            raise ConfigError(f"T (the temperature) must be > 0, got {self.T!r}")
+        if (isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float)
+                or not 0 <= self.alpha <= 1):
+            raise ConfigError(f"alpha (the weight of the soft targets) must be in [0, 1], got "
+                              f"{self.alpha!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        teacher = self.teacher if isinstance(self.teacher, str) else \
+            f"module {type(self.teacher).__name__}"
+        return {"teacher": teacher, "T": float(self.T), "alpha": float(self.alpha)}
+
+
+def as_distill_settings(value: Any) -> DistillSettings | None:
+    """None, DistillSettings, or a mapping of its fields (a recorded or YAML value)."""
+    if value is None or isinstance(value, DistillSettings):
+        return value
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"teacher", "T", "alpha"})
+        if unknown:
+            raise ConfigError(f"distill: unknown option(s) {', '.join(unknown)}; allowed: "
+                              "T, alpha, teacher")
+        return DistillSettings(**value)
+    raise ConfigError(f"distill must be a mapping {{teacher, T, alpha}}, got {value!r}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    """Settings of one training run. Validated on creation."""
+    """Settings of one training run. Validated on creation. ``distill``: train against a
+    teacher's soft targets as well (``DistillSettings``; None: the task loss alone)."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -46,8 +91,10 @@ class TrainConfig:
     augment: str = "none"  # see modelzip.data.AUGMENTATIONS
     seed: int = 0
     channels_last: bool = True  # faster convolutions on CPU; the layout is restored afterwards
+    distill: DistillSettings | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "distill", as_distill_settings(self.distill))  # frozen
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
@@ -69,7 +116,10 @@ class TrainConfig:
                 raise ConfigError(message)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # field by field: asdict would deep-copy a teacher module given from Python
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["distill"] = self.distill.to_dict() if self.distill is not None else None
+        return out
 
 
 @dataclass(frozen=True)

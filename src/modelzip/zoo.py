@@ -173,14 +173,20 @@ def apply_layer_shapes(model: nn.Module, shapes: dict[str, dict[str, Any]]) -> N
 
 # ---------------------------------------------------------------------------- models
 @register_model("lenet300", input_shape=lambda **_: (1, 28, 28))
-def lenet300(num_classes: int = 10, dropout: float = 0.0) -> nn.Module:
-    """LeNet-300-100: 784-300-100-10 fully connected with ReLU (266,610 parameters)."""
-    return nn.Sequential(OrderedDict([
-        ("flatten", nn.Flatten()),
-        ("fc1", nn.Linear(784, 300)), ("relu1", nn.ReLU()), ("drop1", nn.Dropout(dropout)),
-        ("fc2", nn.Linear(300, 100)), ("relu2", nn.ReLU()), ("drop2", nn.Dropout(dropout)),
-        ("fc3", nn.Linear(100, num_classes)),
-    ]))
+def lenet300(num_classes: int = 10, dropout: float = 0.0,
+             hidden: tuple[int, ...] | list[int] = (300, 100)) -> nn.Module:
+    """LeNet-300-100: 784-300-100-10 fully connected with ReLU (266,610 parameters).
+    ``hidden``: other hidden widths, e.g. (1200, 1200) or (800, 800) for Hinton et al.'s
+    distillation nets (layers fc1, relu1, drop1, ..., then the output layer)."""
+    widths = [784, *(int(h) for h in hidden)]
+    if len(widths) < 2 or min(widths) < 1:
+        raise TypeError(f"hidden must be one or more positive widths, got {hidden!r}")
+    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
+    for i in range(1, len(widths)):
+        layers += [(f"fc{i}", nn.Linear(widths[i - 1], widths[i])), (f"relu{i}", nn.ReLU()),
+                   (f"drop{i}", nn.Dropout(dropout))]
+    layers.append((f"fc{len(widths)}", nn.Linear(widths[-1], num_classes)))
+    return nn.Sequential(OrderedDict(layers))
 
 
 class LeNet5(nn.Module):

@@ -59,6 +59,8 @@ class Context:
     masks: dict[str, Any] = field(default_factory=dict)  # parameter name -> bool tensor
     records: list[dict[str, Any]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)  # split, seeds: for the result
+    # the model as compress() got it (a frozen copy): the teacher "original" of distillation
+    original_model: nn.Module | None = None
 
     def log(self, message: str) -> None:
         """Progress and notes, through the ``modelzip`` logger (the CLI renders them)."""
@@ -74,10 +76,12 @@ class Context:
     def train(self, model: nn.Module, config: Any = None, *, data: Any = None,
               step_callbacks: Sequence[Callable[[nn.Module, int], None]] = (),
               extra_loss: Callable[..., Any] | None = None, technique: str = "fine-tuning",
-              validate: bool = True) -> Any:
+              validate: bool = True, loss_fn: LossFn | None = None) -> Any:
         """Train ``model`` in place with the user's trainer (default ``modelzip.train.fit``)
         on ``data`` (default ``train_data``) with ``config`` (default ``finetune``); returns a
-        ``TrainHistory`` (the user trainer's own, or one with the wall time)."""
+        ``TrainHistory`` (the user trainer's own, or one with the wall time). ``loss_fn``: a
+        technique's own loss instead of the context's. A config with ``distill`` settings
+        adds the teacher's soft targets to the loss (``modelzip.distill``)."""
         from modelzip.train import TrainConfig, TrainHistory, fit
 
         data = data if data is not None else self.require("train_data", technique)
@@ -85,8 +89,13 @@ class Context:
         kwargs: dict[str, Any] = {"val_data": self.val_data if validate else None,
                                   "step_callbacks": list(step_callbacks),
                                   "progress": self.progress}
-        if self.loss_fn is not None:
-            kwargs["loss_fn"] = self.loss_fn
+        if (loss_fn or self.loss_fn) is not None:
+            kwargs["loss_fn"] = loss_fn or self.loss_fn
+        if getattr(config, "distill", None) is not None:
+            from modelzip.distill.recovery import distill_losses  # core imports no technique
+
+            kwargs["loss_fn"], extra_loss = distill_losses(
+                self, model, data, config, kwargs.get("loss_fn"), extra_loss, technique)
         if extra_loss is not None:
             kwargs["extra_loss"] = extra_loss
         trainer = self.trainer or fit
