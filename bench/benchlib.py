@@ -37,7 +37,9 @@ def cpu_info() -> dict[str, Any]:
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
                   if line.startswith("flags")), [])
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-    return {"cpu_model": model, "cpu_int8_flags": [f for f in wanted if f in flags]}
+    bf16 = ("avx512_bf16", "amx_bf16")  # bf16 arithmetic (OpenVINO's default precision there)
+    return {"cpu_model": model, "cpu_int8_flags": [f for f in wanted if f in flags],
+            "cpu_bf16_flags": [f for f in bf16 if f in flags]}
 
 
 def provenance() -> dict[str, Any]:
@@ -96,3 +98,29 @@ def quick_baseline(name: str, train: Any, augment: str = "none") -> Any:
     fit(model, train, TrainConfig(epochs=1, batch_size=32, lr=0.05, augment=augment, seed=0),
         progress=False)
     return model.eval()
+
+
+def time_interleaved(runners: dict[str, Any], rounds: int, per_round: int, warmup: int = 20,
+                     seed: int = 0) -> dict[str, list[float]]:
+    """Per-run wall times (ms) of each runner (a callable), interleaved: in every round each
+    runs ``per_round`` timed times after one untimed run, the runners in a seeded random order.
+    Random rather than rotating: in a fixed cycle a runner always follows the same one, and
+    after a heavy AVX-512 fp32 one the next ran up to 1.7x slower for several runs."""
+    import random
+
+    order = list(runners)
+    rng = random.Random(seed)
+    for name in order:
+        for _ in range(warmup):
+            runners[name]()
+    times: dict[str, list[float]] = {n: [] for n in order}
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name in order:
+            fn = runners[name]
+            fn()
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return times

@@ -22,6 +22,7 @@ from modelzip.checkpoint import load_checkpoint
 from modelzip.codec.artifact import read_artifact, write_artifact
 from modelzip.data import ImageDataset
 from modelzip.errors import ConfigError, ModelzipError, ShapeError
+from modelzip.runtime import backends as backends_mod
 from modelzip.runtime import runner as runner_mod
 from modelzip.runtime.export import export_onnx
 from modelzip.runtime.int8 import quantize_onnx_int8
@@ -375,7 +376,8 @@ def test_corrupt_mzip_is_refused_before_any_inference(capsys, fp32, test_images,
     def no_session(*_a, **_k):
         raise AssertionError("a session was built from a corrupt artifact")
 
-    monkeypatch.setattr(runner_mod, "build_session", no_session)
+    monkeypatch.setattr(backends_mod, "build_session", no_session)
+    monkeypatch.setattr(backends_mod, "_import_openvino", no_session)
     out_path = tmp_path / "preds.npy"
     code, _, err = run_main(capsys, bad, "--input", tmp_path / "images.npy",
                             "--output", out_path)

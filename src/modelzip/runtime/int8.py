@@ -4,9 +4,10 @@ What it does, as onnxruntime recommends for CPU (x86) inference:
 1. pre-processing (``quant_pre_process``): symbolic shape inference and onnxruntime's basic
    graph optimizations (constant folding, Conv+BatchNorm/Mul/Add fusion), so that ranges are
    calibrated on the graph that will run;
-2. ``quantize_static`` in QDQ format: weights int8 per output channel (symmetric; 7-bit by
-   default, see ``reduce_range``), activations uint8 (asymmetric; most of them follow a
-   ReLU), ranges calibrated on the given images with min/max, percentile or entropy;
+2. ``quantize_static`` in QDQ format: weights int8 per output channel (symmetric; 8-bit on
+   CPUs with VNNI or AMX, 7-bit on x86 CPUs without, see ``reduce_range``), activations
+   uint8 (asymmetric; most of them follow a ReLU), ranges calibrated on the given images
+   with min/max, percentile or entropy;
 3. a report of what became int8 and what stayed fp32 (and why), read off the quantized graph
    and off the graph onnxruntime actually runs (``runtime_ops``: QLinearConv, QGemm, ... are
    int8 kernels; a DequantizeLinear -> op -> QuantizeLinear left in it is an fp32 op).
@@ -40,6 +41,7 @@ from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from modelzip.errors import ConfigError, ExportError, ShapeError
+from modelzip.runtime.cpu import cpu_features, int8_weight_bits
 
 __all__ = ["CALIBRATION_METHODS", "QUANTIZABLE_OP_TYPES", "quantize_onnx_int8", "runtime_ops"]
 
@@ -175,9 +177,10 @@ def quantize_onnx_int8(onnx_model: bytes, calibration: np.ndarray | Mapping[str,
                        *, method: str = "minmax",
                        per_channel: bool = True, quant_format: str = "qdq",
                        activation_type: str = "uint8", weight_type: str = "int8",
-                       reduce_range: bool = True, percentile: float = 99.999,
+                       reduce_range: bool | None = None, percentile: float = 99.999,
                        exclude_op_types: Sequence[str] = (), preprocess: bool = True,
-                       batch_size: int = 64) -> tuple[bytes, dict[str, Any]]:
+                       batch_size: int = 64, signed_inputs: bool | None = None
+                       ) -> tuple[bytes, dict[str, Any]]:
     """Static int8 quantization of a float ONNX model, calibrated on ``calibration``
     (float32 images, N x C x H x W, normalized as in training; for a graph with several
     inputs, a dict of arrays by input name, each of its input's dtype).
@@ -185,13 +188,20 @@ def quantize_onnx_int8(onnx_model: bytes, calibration: np.ndarray | Mapping[str,
     ``method``: ``minmax``, ``percentile`` (``percentile`` of |x|) or ``entropy`` (KL
     divergence) calibration of the activation ranges. ``quant_format`` ``qdq`` (the default;
     QuantizeLinear/DequantizeLinear pairs that onnxruntime fuses into int8 kernels) or
-    ``qoperator`` (QLinearConv etc. written directly). ``reduce_range`` (the default) keeps
-    weights in 7 bits: x86 CPUs without VNNI (AVX2, like the machines this was measured on)
-    multiply uint8 x int8 with VPMADDUBSW, whose int16 sums saturate with full 8-bit weights;
-    on the full test splits it turned +10/+12 errors (lenet5/lenet300, 8-bit) into -2/+0
-    against fp32 (bench/results/latency.json has the comparison). Returns the int8 model bytes and a
-    report: settings, ops quantized (by op type), ops left in fp32 (each with why), and the
-    op types onnxruntime runs after its own optimizations.
+    ``qoperator`` (QLinearConv etc. written directly). ``reduce_range`` True keeps weights in
+    7 bits: x86 CPUs without VNNI (AVX2 only) multiply uint8 x int8 with VPMADDUBSW, whose
+    int16 sums saturate with full 8-bit weights (on an AVX2-only CPU, 8-bit weights turned
+    -2/+0 errors against fp32 into +10/+12 on lenet5/lenet300). With VNNI or AMX the sums are
+    int32 and 8-bit weights are exact and more accurate. None (the default) decides by this
+    CPU (``modelzip.runtime.cpu.int8_weight_bits``); the report records the CPU's flags and
+    the choice, and the runner falls back when it runs on a CPU that lacks what was assumed.
+    ``signed_inputs``: quantize the float graph inputs (normalized images: signed) to
+    symmetric int8 instead of asymmetric uint8, so that OpenVINO's first convolution runs its
+    signed int8 kernel without zero-point compensation (measured on an AMX CPU: eurosat_cnn
+    batch 1 about 9% faster in OpenVINO, the same in onnxruntime, test errors within +-2).
+    None: True on CPUs with VNNI or AMX, where it was measured; False elsewhere.
+    Returns the int8 model bytes and a report: settings, ops quantized (by op type), ops left
+    in fp32 (each with why), and the op types onnxruntime runs after its own optimizations.
     """
     if method not in CALIBRATION_METHODS:
         raise ConfigError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, "
@@ -223,11 +233,21 @@ def quantize_onnx_int8(onnx_model: bytes, calibration: np.ndarray | Mapping[str,
                           "calibration images")
     inputs = {name: np.ascontiguousarray(x[:usable]) for name, x in inputs.items()}
     excluded = frozenset(exclude_op_types)
+    cpu = cpu_features()
+    chosen_by = "caller"
+    if reduce_range is None:
+        reduce_range = int8_weight_bits(cpu) < 8
+        chosen_by = f"cpu ({cpu.int8_kind})"
+    if signed_inputs is None:
+        signed_inputs = cpu.has_vnni
     report: dict[str, Any] = {
         "method": method, "quant_format": quant_format.upper() if quant_format == "qdq"
         else "QOperator", "per_channel": per_channel, "activation_type": activation_type,
         "weight_type": weight_type, "reduce_range": reduce_range,
+        "weight_bits": 7 if reduce_range else 8, "reduce_range_chosen_by": chosen_by,
+        "cpu": cpu.to_dict(),
         "calibration_images": int(usable), "onnxruntime_version": onnxruntime.__version__,
+        "signed_inputs": signed_inputs,
     }
     if method == "percentile":
         report["percentile"] = percentile
@@ -253,6 +273,10 @@ def quantize_onnx_int8(onnx_model: bytes, calibration: np.ndarray | Mapping[str,
         extra: dict[str, Any] = {}
         if method == "percentile":
             extra["CalibPercentile"] = percentile
+        if signed_inputs:
+            extra["TensorQuantOverrides"] = {
+                name: [{"quant_type": QuantType.QInt8, "symmetric": True}]
+                for name in inputs if inputs[name].dtype == np.float32}
         logger = logging.getLogger()  # quantize_static logs its advice at WARNING
         level = logger.level
         logger.setLevel(logging.ERROR)

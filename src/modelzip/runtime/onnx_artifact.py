@@ -438,13 +438,14 @@ def pack_model_onnx(model: nn.Module, *, int8: bool,
                     calibration: np.ndarray | Mapping[str, np.ndarray] | None = None,
                     meta: dict[str, Any] | None = None, calibration_method: str = "minmax",
                     coder: str = "best", example_inputs: Any = None,
-                    reduce_range: bool = True) -> bytes:
+                    reduce_range: bool | None = None) -> bytes:
     """Export a PyTorch model to ONNX (and quantize it to static int8 when ``int8``, calibrated
     on ``calibration``: inputs as the graph takes them, e.g. normalized float32 images
     (N, C, H, W), or a dict by input name for a model of several inputs), then ``pack_onnx``
     it. ``example_inputs`` (a tensor, tuple or dict of tensors) is what a model that does not
-    take one image tensor is traced with; ``reduce_range``: 7-bit int8 weights (see
-    ``quantize_onnx_int8``). When calibration inputs are given, the export is
+    take one image tensor is traced with; ``reduce_range``: 7-bit int8 weights, None: decided
+    by this CPU's features and recorded in meta["quantization"] (see ``quantize_onnx_int8``).
+    When calibration inputs are given, the export is
     also checked against PyTorch on the first 64 of them, and the packed artifact against the
     ONNX graph on the first 8."""
     import torch

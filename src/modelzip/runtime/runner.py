@@ -1,12 +1,17 @@
-"""The on-board runner: decode a .mzip that carries an ONNX graph and run it with onnxruntime.
+"""The on-board runner: decode a .mzip that carries an ONNX graph and run it with onnxruntime
+(the default) or OpenVINO (``--backend openvino``, or ``auto``: the faster here).
 
     modelzip run FILE.mzip --input inputs.npy [--output preds.npy] [--threads 1]
+                 [--backend auto|onnxruntime|openvino] [--precision fp32|bf16]
                  [--batch-size N] [--logits]
 
-Its import closure is numpy, onnxruntime and modelzip's decoder: no torch, no onnx, no CLI
-framework (``modelzip.entry`` dispatches ``run`` here without importing ``modelzip.cli``).
+Its import closure is numpy, onnxruntime, modelzip's decoder and, for the OpenVINO backend,
+openvino: no torch, no onnx, no CLI framework (``modelzip.entry`` dispatches ``run`` here
+without importing ``modelzip.cli``).
 The artifact is read and checked (checksums) and the input is validated before any inference;
-user errors print one ``error: ...`` line and exit with code 2.
+user errors print one ``error: ...`` line and exit with code 2. The backend, its version and
+the precision it executed are printed on stderr after the results (see
+``modelzip.runtime.backends``).
 
 Inputs: an array of the graph input's own dtype and shape (batch first): normalized float32
 images, int64 token ids, ... (integers are also taken in a narrower integer dtype, converted
@@ -24,17 +29,19 @@ import argparse
 import io
 import os
 import sys
+import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from modelzip.errors import ConfigError, DataError, ModelzipError, ShapeError
+from modelzip.runtime.backends import BACKENDS, PRECISIONS, CpuFeatureWarning
 from modelzip.runtime.onnx_artifact import (
     InputSpec,
     OnnxPackage,
-    build_session,
     input_spec_text,
     load_onnx_package,
 )
@@ -70,14 +77,14 @@ def check_normalized(images: np.ndarray, package: OnnxPackage) -> None:
     are raw pixels (or images scaled some other way)."""
     if package.mean is None or images.size == 0:
         return
-    mean = np.asarray(package.mean, dtype=np.float64)
-    std = np.asarray(package.std, dtype=np.float64)
-    lo, hi = float(np.min(-mean / std)), float(np.max((1.0 - mean) / std))
-    top, bottom = float(np.max(images)), float(np.min(images))
+    # plain floats, not numpy: this runs on every call and must cost next to nothing
+    hi = max((1.0 - m) / s for m, s in zip(package.mean, package.std, strict=True))
+    top, bottom = float(images.max()), float(images.min())
     raw = top > max(RAW_PIXEL_LIMIT, 2.0 * hi)
     if not raw and 1.5 < top <= 255.0 and bottom >= 0.0:
         raw = bool(np.array_equal(images, np.rint(images)))  # whole numbers: pixel values
     if raw:
+        lo = min(-m / s for m, s in zip(package.mean, package.std, strict=True))
         raise DataError(
             f"the float32 input looks un-normalized (values {bottom:g}..{top:g}), but this "
             f"model takes images normalized with its stored mean/std (values within "
@@ -108,16 +115,17 @@ def prepare_input(images: np.ndarray, package: OnnxPackage) -> np.ndarray:
         raise ShapeError(f"this model takes {len(spec.inputs)} inputs: "
                          f"{input_spec_text(spec)}; pass a dict of arrays by input name")
     per_sample = spec.input_shape
-    expected = input_spec_text(spec, package)
-    got = f"input has shape {tuple(images.shape)} and dtype {images.dtype}"
-    if images.ndim == 0 or images.shape[0] == 0:
-        raise ShapeError(f"{got}: no images; this model expects {expected}")
-    if _fits(images.shape[1:], per_sample):
+    if images.ndim and images.shape[0] and _fits(images.shape[1:], per_sample):
         converted = _as_graph_dtype(images, spec.inputs[0])
         if converted is not None:
             if converted.dtype == np.float32:
                 check_normalized(converted, package)
             return np.ascontiguousarray(converted)
+    # the messages are built only off the fast path above (they cost microseconds per call)
+    expected = input_spec_text(spec, package)
+    got = f"input has shape {tuple(images.shape)} and dtype {images.dtype}"
+    if images.ndim == 0 or images.shape[0] == 0:
+        raise ShapeError(f"{got}: no images; this model expects {expected}")
     if images.dtype == np.uint8 and package.mean is not None and spec.input_dtype == "float32":
         c, *hw = per_sample
         if _fits(images.shape[1:], per_sample):
@@ -227,26 +235,49 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
 
 # ---------------------------------------------------------------------------- the runner
 class Runner:
-    """An onnxruntime session on an artifact's graph, and how to feed it."""
+    """A backend (onnxruntime, OpenVINO: ``modelzip.runtime.backends``) on an artifact's
+    graph, and how to feed it. ``backend_info`` says which backend, version and precision
+    run it."""
 
-    def __init__(self, package: OnnxPackage, *, threads: int = 1) -> None:
+    def __init__(self, package: OnnxPackage, *, threads: int = 1,
+                 backend: str = "onnxruntime", precision: str = "fp32") -> None:
+        from modelzip.runtime.backends import open_backend
+
         self.package = package
         self.spec = package.spec
-        self.session = build_session(package, threads=threads)
+        self.backend = open_backend(package, backend, threads=threads, precision=precision)
+        self.fec = None  # what FEC parity corrected when the file was read (a FecReport)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], *, threads: int = 1) -> Runner:
-        """Read, check and decode a .mzip file (ArtifactError when it is damaged)."""
+    def from_file(cls, path: str | os.PathLike[str], *, threads: int = 1,
+                  backend: str = "onnxruntime", precision: str = "fp32",
+                  trusted_keys: Sequence[bytes] | None = None) -> Runner:
+        """Read, check and decode a .mzip file (ArtifactError when it is damaged, or, given
+        ``trusted_keys``, not signed by one of them). FEC parity is corrected first;
+        ``runner.fec`` says what was corrected."""
         from modelzip.codec.artifact import read_artifact_file
 
-        artifact = read_artifact_file(path)
-        return cls(load_onnx_package(artifact, source=str(path)), threads=threads)
+        artifact = read_artifact_file(path, trusted_keys=trusted_keys)
+        runner = cls(load_onnx_package(artifact, source=str(path)), threads=threads,
+                     backend=backend, precision=precision)
+        runner.fec = artifact.fec
+        return runner
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, threads: int = 1) -> Runner:
+    def from_bytes(cls, data: bytes, *, threads: int = 1, backend: str = "onnxruntime",
+                   precision: str = "fp32",
+                   trusted_keys: Sequence[bytes] | None = None) -> Runner:
         from modelzip.codec.artifact import read_artifact
 
-        return cls(load_onnx_package(read_artifact(data)), threads=threads)
+        artifact = read_artifact(data, trusted_keys=trusted_keys)
+        runner = cls(load_onnx_package(artifact), threads=threads, backend=backend,
+                     precision=precision)
+        runner.fec = artifact.fec
+        return runner
+
+    @property
+    def backend_info(self) -> dict[str, Any]:
+        return self.backend.info()
 
     @property
     def classes(self) -> tuple[str, ...] | None:
@@ -263,6 +294,8 @@ class Runner:
         total = len(next(iter(feeds.values())))
         fixed = self.spec.batch
         step = fixed or batch_size
+        if total <= step and not fixed:  # one batch: no slicing or concatenation
+            return self.backend.run(feeds)
         outputs = []
         for start in range(0, total, step):
             chunk = {name: x[start:start + step] for name, x in feeds.items()}
@@ -270,7 +303,7 @@ class Runner:
             if fixed and n < fixed:  # a fixed-batch graph: pad the last batch, drop the padding
                 chunk = {name: np.concatenate([x, np.zeros((fixed - n, *x.shape[1:]), x.dtype)])
                          for name, x in chunk.items()}
-            out = self.session.run([self.spec.output_name], chunk)[0]
+            out = self.backend.run(chunk)
             outputs.append(out[:n])
         return np.concatenate(outputs)
 
@@ -296,11 +329,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=None,
                    help="write the predicted class indices (N,) int64 to this .npy file "
                         "(with --logits: the logits) instead of printing one line per image")
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    p.add_argument("--threads", type=int, default=1, help="inference threads")
+    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
+                   help="onnxruntime (default), openvino (the extra modelzip[openvino]), or "
+                        "auto: the faster here, measured when the model loads")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default), or bf16 with openvino on a CPU that has it")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help="images per inference")
     p.add_argument("--logits", action="store_true",
                    help="print (or with --output, write) the logits too")
+    p.add_argument("--trusted-key", type=Path, action="append", default=None,
+                   help="accept only an artifact signed by this Ed25519 public key "
+                        "(repeatable); an unsigned or wrongly signed file is refused before "
+                        "anything is decoded")
     return p
 
 
@@ -309,7 +351,19 @@ def _run(args: argparse.Namespace) -> None:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    runner = Runner.from_file(args.artifact, threads=args.threads)
+    with warnings.catch_warnings(record=True) as caught:  # one "warning:" line each
+        warnings.simplefilter("always", CpuFeatureWarning)
+        trusted = None
+        if args.trusted_key:
+            from modelzip.flight.sign import load_trusted_keys
+
+            trusted = load_trusted_keys(args.trusted_key)
+        runner = Runner.from_file(args.artifact, threads=args.threads, backend=args.backend,
+                                  precision=args.precision, trusted_keys=trusted)
+    if runner.fec is not None and not runner.fec.clean:
+        print(f"warning: {args.artifact}: {runner.fec.describe()}", file=sys.stderr)
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
     inputs = load_inputs(args.input, [i.name for i in runner.spec.inputs])
     preds, logits = runner.predict(inputs, batch_size=args.batch_size)
     classes = runner.classes
@@ -317,6 +371,7 @@ def _run(args: argparse.Namespace) -> None:
         _save_npy_atomic(args.output, logits if args.logits else preds)
         what = f"logits {tuple(logits.shape)} float32" if args.logits else "class indices"
         print(f"wrote {what} for {len(preds)} images to {args.output}")
+        _print_backend(runner)
         return
     flat = logits.reshape(len(logits), -1)
     lines = []
@@ -325,6 +380,14 @@ def _run(args: argparse.Namespace) -> None:
         extra = "\t" + " ".join(f"{v:.6g}" for v in flat[i]) if args.logits else ""
         lines.append(f"{i}\t{k}{name}{extra}")
     print("\n".join(lines))
+    _print_backend(runner)
+
+
+def _print_backend(runner: Runner) -> None:
+    """Which backend, version and precision ran (on stderr: stdout holds the results)."""
+    info = runner.backend_info
+    print(f"ran on {info['backend']} {info['version']}, {info['precision']}, "
+          f"{info['threads']} thread(s) ({info['chosen_by']})", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
