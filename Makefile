@@ -12,7 +12,7 @@ export MODELZIP_DATA
 endif
 endif
 
-.PHONY: demo test lint bench-baselines bench-deep-compression bench-latency bench-runner \
+.PHONY: demo test search-services lint bench-baselines bench-deep-compression bench-latency bench-runner \
 	readme-table clean
 
 # torch is installed first, so that pip takes the CPU build and not a multi-GB CUDA one. Where
@@ -30,10 +30,17 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/modelzip demo
 
+# PostgreSQL and Chromium (the search tests) are installed when missing where that is possible
+# (root or sudo); elsewhere those tests are skipped with one summary line (CI: .ci/run fails).
 test: $(STAMP)
-	$(PY) -m ruff check src tests bench examples
+	-scripts/setup_search_services.sh
+	$(PY) -m ruff check src tests bench examples scripts
 	$(PY) bench/readme_table.py --check
 	$(PY) -m pytest -n 2 --dist loadfile -q
+
+# System packages of the search tests (PostgreSQL, Chromium + driver); apt-get, as root
+search-services:
+	scripts/setup_search_services.sh
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench

@@ -359,10 +359,18 @@ def spectra_picture(model: nn.Module, rows: list[dict[str, Any]], path: Path) ->
 
 
 # ---------------------------------------------------------------------------- main
+def _in_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The unfactorized row first, then the rows in the order of ROWS."""
+    order = {name: i for i, (name, *_rest) in enumerate(ROWS)}
+    return [rows[0], *sorted(rows[1:], key=lambda r: order.get(r["variant"], len(order)))]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="*", help="row names to run (default: all)")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --only: replace those rows in the results file, keep the rest")
     parser.add_argument("--picture", action="store_true",
                         help="only redraw the spectra picture from the results file")
     args = parser.parse_args(argv)
@@ -394,10 +402,23 @@ def main(argv: list[str] | None = None) -> int:
                 "not_run": "lenet300/lenet5 SVD/rank-select + deep-compression vs pruning "
                            "only (issue 10's second benchmark): not run in this pass"}
 
+    kept: list[dict[str, Any]] = []
+    if args.merge and args.only and results.is_file():
+        import json
+
+        earlier = json.loads(results.read_text())
+        kept = [r for r in earlier["models"][1:] if r["variant"] not in args.only]
+        settings["rows_rerun"] = {
+            "rows": list(args.only), "note": "re-run in this file's run (its commit and time "
+            "above); the other rows are from the earlier run",
+            "earlier_run": {k: earlier.get(k) for k in ("generated_utc", "git_commit",
+                                                        "git_dirty")}}
+
     def save() -> None:
         write_results(results, "lowrank", "Low-rank factorization of eurosat_cnn: ratios "
-                      "against the unfactorized model measured in the same run", rows,
-                      settings=settings, wall_time_s=round(time.perf_counter() - started, 1))
+                      "against the unfactorized model measured in the same run",
+                      _in_order([*rows[:1], *kept, *rows[1:]]), settings=settings,
+                      wall_time_s=round(time.perf_counter() - started, 1))
 
     save()
     for name, technique, options, what in ROWS:
@@ -423,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
             "macs_ratio", "test_error_pct_before_finetune", "test_error_pct",
             "speedup_fp32_ort_b1_1thread_vs_unfactorized_fp32") if k in row))
         save()
-        if name == "rank-select-2x" or (args.only and name == args.only[-1]):
+        if not kept and (name == "rank-select-2x" or (args.only and name == args.only[-1])):
             spectra_picture(bench.model, rows, spectra)
     if not spectra.exists():
         spectra_picture(bench.model, rows, spectra)

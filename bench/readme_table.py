@@ -249,15 +249,20 @@ def _latency(doc: dict[str, Any]) -> str:
         out.append(f"- `eurosat_cnn` {variant}: {t['target']}: {t['speedup']:.2f}x, "
                    f"{t['accuracy_drop_points']:+.2f} points: "
                    f"{'met' if t['met'] else '**not met**'}")
-    out += [f"- {doc['int8_path']}",
+    out += [f"- {doc['int8_path']} (onnxruntime; with OpenVINO int8 does pay on the pruned "
+            "model: see `bench/runtime_peers.py` below)",
             "- lenet300/lenet5 `pruned-int8-ort` are magnitude-pruned (zeros in dense tensors): "
             "no speedup from the pruning is expected there; eurosat_cnn's is structurally "
             "pruned (channels removed).", ""]
     calib = doc.get("calibration") or []
     if calib:
         keys = list(dict.fromkeys((c["method"], c["weight_bits"]) for c in calib))
+        vnni = {"avx512_vnni", "avx_vnni", "amx_int8"} & set(doc.get("cpu_int8_flags", []))
+        why = ("this CPU has " + ", ".join(sorted(vnni)) + ", which sum int8 products in "
+               "int32: 8-bit weights are exact here, and packing now picks them on such CPUs"
+               if vnni else "no VNNI here, so 8-bit weights can saturate")
         out += ["int8 test errors by calibration method and weight bits (7 = onnxruntime's "
-                "`reduce_range`, the default: no VNNI here, so 8-bit weights can saturate):",
+                f"`reduce_range`, the default when this ran; {why}):",
                 "", "| model | " + " | ".join(f"{m}, {b}-bit" for m, b in keys) + " |",
                 "|---|" + "---:|" * len(keys)]
         for model in dict.fromkeys(c["model"] for c in calib):
@@ -346,6 +351,345 @@ def _any_model(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _met(flag: bool | None) -> str:
+    """A target's outcome: never hide a miss."""
+    if flag is None:
+        return "not measured"
+    return "met" if flag else "**MISSED**"
+
+
+def _provenance(doc: dict[str, Any]) -> str:
+    commit = (doc.get("git_commit") or "?")[:7]
+    dirty = " with local changes" if doc.get("git_dirty") else ""
+    return (f"Generated {doc.get('generated_utc', '?')} on {doc.get('machine', '?')}, commit "
+            f"{commit}{dirty}.")
+
+
+def _num(value: float | None, fmt: str = ".2f", suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{fmt}}{suffix}"
+
+
+def _lowrank(doc: dict[str, Any]) -> str:
+    settings = doc.get("settings", {})
+    target = settings.get("target", {})
+    finetune = settings.get("finetune", {})
+    rows = doc.get("models", [])
+    out = ["### Low-rank factorization (`bench/lowrank.py`)", "",
+           f"`eurosat_cnn` factorized through `modelzip.compress`, then fine-tuned "
+           f"{finetune.get('epochs', '?')} epoch(s) ({finetune.get('optimizer', '?')}, "
+           f"{finetune.get('schedule', '?')}, the same for every row); error on the full test "
+           f"split. Speedup: fp32 onnxruntime, {settings.get('latency_threads', '?')} thread, "
+           f"{settings.get('timing', '')}. Target: >= {target.get('macs_ratio', '?')}x fewer "
+           f"MACs, <= {target.get('max_drop_points', '?')} point drop and >= "
+           f"{target.get('speedup_b1_1thread', '?')}x faster at batch 1. {_provenance(doc)}", "",
+           "| variant | MACs / params ratio | test error % (errors): before -> after fine-tuning "
+           "| drop (points) | speedup batch 1 / 64 | .mzip bytes | target |",
+           "|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if r.get("technique") is None:
+            cell = "-"
+        elif "target_met" not in r:
+            cell = "not assessed"
+        elif r["target_met"]:
+            cell = "met"
+        else:
+            why = []
+            if r.get("macs_ratio", 0) < target.get("macs_ratio", 0):
+                why.append(f"MACs {r['macs_ratio']:.2f}x")
+            if r.get("drop_points_vs_unfactorized", 0) > target.get("max_drop_points", 1e9):
+                why.append(f"drop {r['drop_points_vs_unfactorized']:.2f}")
+            speedup = r.get("speedup_fp32_ort_b1_1thread_vs_unfactorized_fp32")
+            if speedup is not None and speedup < target.get("speedup_b1_1thread", 0):
+                why.append(f"speedup {speedup:.2f}x")
+            cell = "**MISSED**" + (f": {', '.join(why)}" if why else "")
+        before = r.get("test_error_pct_before_finetune")
+        before_text = "" if before is None else (
+            f"{before:.2f}" + (f" ({r['test_errors_before_finetune']})"
+                               if "test_errors_before_finetune" in r else "") + " -> ")
+        packed = (f"{r['mzip_bytes']:,}" if "mzip_bytes" in r
+                  else "does not pack" if r.get("packs_and_reads_back") is False else "-")
+        out.append(
+            f"| {r.get('variant', '?')} | {r.get('macs_ratio', 0):.2f}x / "
+            f"{r.get('params_ratio', 0):.2f}x | {before_text}{_num(r.get('test_error_pct'))} "
+            f"({r.get('test_errors', '-')}) | {_num(r.get('drop_points_vs_unfactorized'))} | "
+            f"{_num(r.get('speedup_fp32_ort_b1_1thread_vs_unfactorized_fp32'), suffix='x')} / "
+            f"{_num(r.get('speedup_fp32_ort_b64_1thread_vs_unfactorized_fp32'), suffix='x')} | "
+            f"{packed} | {cell} |")
+    by = {r.get("variant"): r for r in rows}
+    notes = []
+    joint, greedy = by.get("rank-select-2x"), by.get("rank-select-2x-greedy")
+    if joint and greedy:
+        notes.append(f"Joint whole-network rank selection vs the same MACs split evenly "
+                     f"layer by layer (greedy), 2x MACs: {joint['test_error_pct']:.2f}% vs "
+                     f"{greedy['test_error_pct']:.2f}% test error after fine-tuning "
+                     f"({joint.get('test_error_pct_before_finetune', float('nan')):.2f}% vs "
+                     f"{greedy.get('test_error_pct_before_finetune', float('nan')):.2f}% "
+                     "before).")
+    peer, ours = by.get("tltorch-tucker"), by.get("tucker2-vbmf")
+    if peer and ours:
+        packs = ("packs into a .mzip" if peer.get("packs_and_reads_back")
+                 else "does not pack into a .mzip (its layer class cannot be rebuilt from a "
+                      "record)")
+        notes.append(f"tensorly-torch at the same ranks as `tucker2-vbmf`: "
+                     f"{peer['test_error_pct']:.2f}% vs {ours['test_error_pct']:.2f}% test "
+                     f"error, {_num(peer.get('speedup_fp32_ort_b1_1thread_vs_unfactorized_fp32'))}x"
+                     f" vs {_num(ours.get('speedup_fp32_ort_b1_1thread_vs_unfactorized_fp32'))}x "
+                     f"at batch 1; it {packs}.")
+    if settings.get("not_run"):
+        notes.append(f"Not run: {settings['not_run'].split(':')[0]}.")
+    rerun = settings.get("rows_rerun")
+    if rerun:
+        earlier = rerun.get("earlier_run") or {}
+        notes.append(f"Rows {', '.join(rerun['rows'])} re-run at {doc['generated_utc']} (CP "
+                     "factors now balanced across the four layers); the others are from the "
+                     f"run of {earlier.get('generated_utc')}, commit "
+                     f"{(earlier.get('git_commit') or '?')[:7]}.")
+    if notes:
+        out += [""] + [f"- {n}" for n in notes]
+    return "\n".join(out)
+
+
+def _distill(doc: dict[str, Any]) -> str:
+    settings = doc.get("settings", {})
+    summary = doc.get("hinton_summary", {})
+    paper = summary.get("paper_test_errors", {})
+    rows = doc.get("models", [])
+    teacher_cfg, student_cfg = settings.get("teacher_train", {}), settings.get("student_train",
+                                                                               {})
+    partial = "" if doc.get("complete", True) else " Partial results: the run was not complete."
+    out = ["### Knowledge distillation (`bench/distill.py`)", "",
+           f"Hinton et al. 2015's MNIST experiment: a 784-1200-1200-10 teacher "
+           f"({teacher_cfg.get('epochs', '?')} epochs) and a 784-800-800-10 student "
+           f"({student_cfg.get('epochs', '?')} epochs) trained on labels or distilled "
+           f"(alpha {settings.get('alpha', '?')}), {settings.get('threads', '?')} thread; "
+           f"errors on the 10,000 test images. {_provenance(doc)}{partial}", "",
+           "| model | training | test errors | paper |", "|---|---|---:|---:|"]
+    hinton = [r for r in rows if "row" not in r and "recovery" not in r]
+    paper_by_key = {"teacher": paper.get("teacher"), "labels only": paper.get("student_plain"),
+                    "kd T=20": paper.get("student_kd_t20")}
+    for r in hinton:
+        training = r.get("training", "")
+        key = "teacher" if r.get("model", "").startswith("teacher") else next(
+            (k for k in ("labels only", "kd T=20") if training.startswith(k)), None)
+        out.append(f"| {r.get('model', '?')} | {training} | {r.get('test_errors', '-')} | "
+                   f"{_num(paper_by_key.get(key), 'd') if key else '-'} |")
+    if summary:
+        out += ["", f"Target: distilled student (T=20) <= "
+                    f"{summary.get('target_kd_test_errors_max', '?')} errors: "
+                    f"{_met(summary.get('target_met'))} "
+                    f"({_num(summary.get('student_kd_t20_test_errors'), 'd')})."]
+    sweep = [r for r in rows if r.get("row") == "T sweep"]
+    if sweep:
+        cells = ", ".join(("labels only" if r.get("T") is None else f"T={r['T']:g}")
+                          + f" {r.get('test_errors', '-')}" for r in sweep)
+        out += ["", f"T sweep ({sweep[0].get('epochs', '?')} epochs each, test errors): "
+                    f"{cells}."]
+    recovery = [r for r in rows if "recovery" in r]
+    if recovery:
+        out += ["", "Recovery after compression (lenet5), distillation from the original model "
+                    "vs plain fine-tuning:", "",
+                "| model | recovery | epochs | test errors: original / compressed / after "
+                "| artifact bytes |", "|---|---|---:|---:|---:|"]
+        for r in recovery:
+            kd = r.get("distill")
+            how = r.get("recovery", "?") + (
+                f" (T={_num(kd.get('T'), 'g')}, alpha {kd.get('alpha', '?')})"
+                if isinstance(kd, dict) else "")
+            out.append(f"| {r.get('model', '?')} | {how} | {r.get('epochs', '-')} | "
+                       f"{r.get('test_errors_original', '-')} / {r.get('test_errors_before', '-')}"
+                       f" / {r.get('test_errors', '-')} | {r.get('artifact_bytes', 0):,} |")
+    not_run = doc.get("not_run")
+    if not_run:
+        names = not_run if isinstance(not_run, str) else ", ".join(not_run)
+        out += ["", f"Not run: {names} (reasons in the results file)."]
+    return "\n".join(out)
+
+
+def _search(doc: dict[str, Any]) -> str:
+    settings = doc.get("settings", {})
+    out = ["### Budget-driven search (`bench/search.py`)", "",
+           f"`modelzip.compress(model, target=...)` searching per-layer pruning ratios and "
+           f"bits, {settings.get('threads', '?')} thread. {_provenance(doc)}"]
+    big = doc.get("eurosat_32KB")
+    if big:
+        out += ["", f"`{big['model']}` to a runnable .mzip within {big['target']} "
+                    f"({big.get('strategy', '?')}, {big.get('trials_run', '?')} of "
+                    f"{big.get('trials_requested', '?')} trials, then "
+                    f"{big.get('finetune_epochs', '?')} fine-tuning epochs); accuracy on the "
+                    "full test split:", "",
+                "| file bytes | test accuracy % (baseline) | drop (points) | size | accuracy "
+                f">= {big.get('min_test_accuracy_pct', '?')}% | speedup vs fp32 eager "
+                "(batch 1, 1 thread) |", "|---:|---:|---:|---|---|---:|",
+                f"| {big['file_bytes']:,} | {big['test_accuracy_pct']:.2f} "
+                f"({big['baseline_test_accuracy_pct']:.2f}) | "
+                f"{big['accuracy_drop_points']:.2f} | {_met(big.get('size_met'))} | "
+                f"{_met(big.get('accuracy_met'))} | "
+                f"{_num(big.get('speedup_vs_fp32_eager'), suffix='x')} |"]
+    strategies = doc.get("strategies_lenet5", [])
+    if strategies:
+        first = strategies[0]
+        out += ["", f"Strategies on `{first['model']}`, target {first['target']}, "
+                    f"{first.get('trials_requested', '?')} trials each (baseline test error "
+                    f"{first.get('baseline_test_error_pct', 0):.2f}%):", "",
+                "| strategy | file bytes | test error % | val drop (points) | budget | search "
+                "time |", "|---|---:|---:|---:|---|---:|"]
+        for r in strategies:
+            out.append(f"| {r['strategy']} | {r['file_bytes']:,} | {r['test_error_pct']:.2f} | "
+                       f"{r['val_drop_points']:.2f} | {_met(r.get('budget_met'))} | "
+                       f"{r.get('search_wall_time_s', 0):.0f} s |")
+    two = doc.get("two_workers")
+    if two and "workers1" in two and "workers2" in two:
+        w1, w2 = two["workers1"], two["workers2"]
+        out += ["", f"Two `search-worker` processes sharing one study ({two['strategy']}, "
+                    f"{two['trials']} trials, {two.get('storage', '?')}): "
+                    f"{w2['wall_time_s']:.1f} s vs {w1['wall_time_s']:.1f} s for one "
+                    f"({two.get('speedup_two_vs_one', 0):.2f}x); {w2['complete']} complete, "
+                    f"{w2['failed']} failed, duplicate trial numbers: "
+                    f"{w2['duplicate_numbers']}, duplicate points: {w2['duplicate_points']}."]
+    return "\n".join(out)
+
+
+def _runtime_peers(doc: dict[str, Any]) -> str:
+    settings = doc.get("settings", {})
+    cpu = doc.get("cpu", {})
+    summary = doc.get("summary_batch1_1thread", {})
+    rows = [r for r in doc.get("models", []) if r.get("batch_size") == 1
+            and r.get("threads") == 1]
+    load = doc.get("load_average_before")
+    out = ["### Runtime vs peers (`bench/runtime_peers.py`)", "",
+           f"modelzip's runner (onnxruntime {doc.get('onnxruntime_version', '?')}, OpenVINO "
+           f"{doc.get('openvino_version', '?').split('-')[0]}) against NNCF "
+           f"{doc.get('nncf_version', '?')} + OpenVINO int8 and torchao "
+           f"{doc.get('torchao_version', '?')} int8: median of "
+           f"{settings.get('runs_per_variant', '?')} runs, interleaved, batch 1, 1 thread; "
+           f"errors on the full test split. {cpu.get('cpu_model', doc.get('cpu_model', '?'))}, "
+           f"{doc.get('cpu_count', '?')} cores, flags: {', '.join(cpu.get('cpu_flags', []))} "
+           f"(int8 path: {cpu.get('int8_kind', '?')})"
+           + (f"; load average {load[0]:.1f} before the run (shared machine: read ratios, not "
+              "ms)" if load else "") + f". {_provenance(doc)}", "",
+           "| model | ours (best) | ours ms | NNCF + OV int8 ms | peer / ours | test errors "
+           "ours / peer | target |", "|---|---|---:|---:|---:|---:|---|"]
+    for model, s in summary.items():
+        out.append(f"| `{model}` | {s.get('ours_best', '?')} | "
+                   f"{_num(s.get('ours_latency_ms'), '.3f')} | "
+                   f"{_num(s.get('peer_latency_ms'), '.3f')} | "
+                   f"{_num(s.get('ours_vs_peer_latency_ratio'), suffix='x')} | "
+                   f"{s.get('ours_test_errors', '-')} / {s.get('peer_test_errors', '-')} | "
+                   f"{_met(s.get('met'))} |")
+    if summary:
+        out += ["", f"Target: {next(iter(summary.values())).get('target', '?')}."]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    if rows:
+        out += ["", "Speedup vs fp32 PyTorch eager, batch 1, 1 thread (test errors):", "",
+                "| variant | " + " | ".join(f"`{m}`" for m in models) + " |",
+                "|---|" + "---:|" * len(models)]
+        for variant in dict.fromkeys(r["variant"] for r in rows):
+            by = {r["model"]: r for r in rows if r["variant"] == variant}
+            out.append(f"| {variant} | " + " | ".join(
+                f"{by[m]['speedup_vs_fp32_eager']:.2f}x ({by[m].get('test_errors', '-')})"
+                if m in by else "-" for m in models) + " |")
+    for model, err in doc.get("torchao_error", {}).items():
+        out += ["", f"torchao on `{model}`: failed ({err.split(';')[0][:80]})."]
+    return "\n".join(out)
+
+
+def _ber(rate: float | None) -> str:
+    return "?" if rate is None else f"{rate:.0e}".replace("e-0", "e-")
+
+
+def _seu(doc: dict[str, Any]) -> str:
+    settings = doc.get("settings", {})
+    summary = doc.get("summary", {})
+    rows = doc.get("models", [])
+    out = ["### Single-event upsets (`bench/seu.py`)", "",
+           "Every bit flips independently at the bit error rate (BER). Stored: lenet5's "
+           f".mzip read back plain and with {settings.get('fec_parity', 0):.0%} Reed-Solomon "
+           "parity; the reader must return exact weights or refuse. In memory: flips in the "
+           "weights as held (fp32, int8 codes + scales, k-means indices + codebook), "
+           "accuracy on a seeded test subset ("
+           + ", ".join(f"{r['model']}: {r.get('test_images', '?'):,} images, "
+                       f"{(r.get('memory') or [{}])[0].get('trials', '?')} trials per rate"
+                       for r in rows)
+           + f"). {_provenance(doc)}"]
+    if summary:
+        out += ["", f"Target at BER {_ber(summary.get('target_ber'))} (FEC file read back "
+                    f"exact): {_met(summary.get('target_met'))}: "
+                    f"{_num(summary.get('fec_exact_pct_at_1e-4'), '.1f')}% of "
+                    f"{summary.get('fec_trials_at_1e-4', '?')} trials exact, "
+                    f"{summary.get('fec_wrong_weights_at_1e-4', '?')} wrong weights, size "
+                    f"overhead {_num(summary.get('fec_size_overhead_pct'), '.1f')}%; the plain "
+                    f"file refused in {_num(summary.get('plain_refused_pct_at_1e-4'), '.0f')}% "
+                    f"of trials; a raw fp32 file read without checks gives "
+                    f"{_num(summary.get('raw_fp32_accuracy_mean_at_1e-4'), '.1f')}% accuracy."]
+    reps = ["fp32", "int8", "kmeans"]
+    cols = [(r, rep) for r in rows for rep in reps if r.get("memory")]
+    if cols:
+        rates = sorted({m["ber"] for r, _ in cols for m in r["memory"]})
+        out += ["", "Mean test accuracy % with flips in memory:", "",
+                "| BER | " + " | ".join(f"{r['model']} {rep}" for r, rep in cols) + " |",
+                "|---|" + "---:|" * len(cols),
+                "| 0 (clean) | " + " | ".join(
+                    _num(r.get(f"{rep}_accuracy"), ".1f") for r, rep in cols) + " |"]
+        for ber in rates:
+            cells = []
+            for r, rep in cols:
+                m = next((m for m in r["memory"] if m["ber"] == ber
+                          and m["representation"] == rep), None)
+                cells.append("-" if m is None else f"{m['accuracy_mean']:.1f}")
+            out.append(f"| {_ber(ber)} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def _fuzz(doc: dict[str, Any]) -> str:
+    settings = doc.get("settings", {})
+    counts = doc.get("counts_by_class", {})
+    total = (doc.get("models") or [{}])[0]
+    failures = total.get("failures")
+    out = ["### Fuzzing the artifact reader (`bench/fuzz.py`)", "",
+           f"{settings.get('cases', 0):,} damaged, forged and FEC-protected .mzip files (seed "
+           f"{settings.get('seed', '?')}); each must be read back with exactly the packed weights "
+           "or refused with an error naming the check; failures are wrong weights, any other "
+           f"exception, a hang (> {settings.get('hang_seconds', '?')} s) or allocating more than "
+           f"{settings.get('alloc_bound_bytes', 0) / 2**20:.0f} MiB. {_provenance(doc)}", "",
+           "| outcome | " + " | ".join(counts) + " | total |",
+           "|---|" + "---:|" * (len(counts) + 1)]
+    outcomes = sorted({o for c in counts.values() for o in c},
+                      key=lambda o: (o != "accepted_exact", o))
+    for o in outcomes:
+        cells = [f"{c.get(o, 0):,}" for c in counts.values()]
+        out.append(f"| {o} | " + " | ".join(cells)
+                   + f" | {sum(c.get(o, 0) for c in counts.values()):,} |")
+    out += ["", f"Target: no failures: {_met(None if failures is None else failures == 0)} "
+                f"({_num(failures, 'd')} failures in {total.get('cases', 0):,} cases)."]
+    return "\n".join(out)
+
+
+def _delta(doc: dict[str, Any]) -> str:
+    settings = doc.get("settings", {})
+    targets = settings.get("targets", {})
+    update = settings.get("update", {})
+    rows = doc.get("models", [])
+    out = ["### Delta updates (`bench/delta.py`)", "",
+           f"`eurosat_cnn` compressed and packed, fine-tuned {update.get('epochs', '?')} "
+           f"epoch(s) on new data ({settings.get('new_data', '?')}) and put back on the same "
+           "grids; the patch (`modelzip.flight.delta`) against the new full .mzip, lossless "
+           f"(tolerance 0) or within {settings.get('lossy_tolerance', '?')}. Test errors on "
+           f"{rows[0].get('test_images', 0):,} images. Target: patch <= "
+           f"{targets.get('patch_vs_new_mzip', 0):.0%} of the new file and accuracy within "
+           f"{targets.get('accuracy_diff_points', '?')} points. {_provenance(doc)}" if rows else "",
+           "", "| variant | tolerance | coder | new .mzip bytes | patch bytes | patch / new | "
+           "patched file | test errors new / patched | target |",
+           "|---|---:|---|---:|---:|---:|---|---:|---|"]
+    for r in rows:
+        patched = "identical" if r.get("patched_equals_new_file") else "within tolerance"
+        out.append(f"| {r.get('variant', '?')} | {r.get('tolerance', 0):g} | "
+                   f"{r.get('delta_coder', '?')} | {r.get('new_mzip_bytes', 0):,} | "
+                   f"{r.get('patch_bytes', 0):,} | {r.get('patch_vs_new_mzip', 0):.2%} | "
+                   f"{patched} | {r.get('new_test_errors', '-')} / "
+                   f"{r.get('patched_test_errors', '-')} | {_met(r.get('target_met'))} |")
+    return "\n".join(out)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "baselines.json": _baselines,
     "pruning.json": _pruning,
@@ -355,6 +699,13 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "any_model.json": _any_model,
     "runner.json": _runner,
     "sparse_timing.json": _sparse_timing,
+    "lowrank.json": _lowrank,
+    "distill.json": _distill,
+    "search.json": _search,
+    "runtime_peers.json": _runtime_peers,
+    "seu.json": _seu,
+    "fuzz.json": _fuzz,
+    "delta.json": _delta,
 }
 
 

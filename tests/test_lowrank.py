@@ -341,3 +341,22 @@ def test_cli_factorize_then_run_the_packed_graph(lenet5_ckpt: Path, tmp_path: Pa
     assert_user_error(run_cli("factorize", lenet5_ckpt, "--method", "svd", "--set",
                               "energy=2", "-o", tmp_path / "g"), "energy must be in (0, 1]")
     assert not (tmp_path / "g").exists()
+
+
+def test_cp_factors_share_each_component_norm_equally() -> None:
+    from modelzip.lowrank.decompose import balance_factors
+
+    gen = torch.Generator().manual_seed(0)
+    factors = [torch.randn(6, 3, generator=gen) * s for s in (100.0, 1.0, 0.1, 0.01)]
+    factors[2][:, 1] = 0.0  # a dead component stays dead
+    balanced = balance_factors(factors)
+    before = torch.einsum("nr,cr,yr,xr->ncyx", *factors)
+    after = torch.einsum("nr,cr,yr,xr->ncyx", *balanced)
+    assert torch.allclose(before, after, rtol=1e-5, atol=1e-6)
+    norms = torch.stack([f.norm(dim=0) for f in balanced])
+    assert torch.allclose(norms[:, [0, 2]], norms[0, [0, 2]].expand(4, 2), rtol=1e-5)
+    assert torch.count_nonzero(norms[:, 1]) == 0
+    result = cp(torch.randn(8, 4, 3, 3, generator=gen) * 50, 4)
+    parts = [result.out_factor, result.in_factor, result.vertical, result.horizontal]
+    col = torch.stack([p.norm(dim=0) for p in parts])
+    assert torch.allclose(col, col[0].expand_as(col), rtol=1e-4)

@@ -110,3 +110,21 @@ def test_the_runnable_graph_is_emitted_and_runs(tmp_path: Path) -> None:
     x = torch.randn(4, 1, 28, 28).numpy()
     logits = Runner.from_file(tmp_path / "g.mzip").logits(x)
     assert np.asarray(logits).shape == (4, 10)
+
+
+def test_pack_fec_protects_the_artifact_and_it_reads_back_after_damage(tmp_path: Path) -> None:
+    model = build_model("lenet300").eval()
+    plain = modelzip.compress(model, {"steps": [{"magnitude": {"sparsity": 0.5}}]},
+                              progress=False)
+    result = modelzip.compress(model, {"steps": [{"magnitude": {"sparsity": 0.5}}],
+                                       "pack": {"fec": 0.08}}, progress=False)
+    assert len(result.artifact) > len(plain.artifact) * 1.07
+    damaged = bytearray(result.artifact)
+    for i in range(100, len(damaged), 5000):  # one flipped byte every 5,000
+        damaged[i] ^= 0xFF
+    restored = unpack(bytes(damaged))
+    sa, sb = restored.state_dict(), plain.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    with pytest.raises(ConfigError, match="fec"):
+        modelzip.compress(model, {"steps": [{"magnitude": {"sparsity": 0.5}}],
+                                  "pack": {"fec": 5}}, progress=False)

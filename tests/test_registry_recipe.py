@@ -119,8 +119,9 @@ def test_recipe_errors(tmp_path: Path, text: str, needle: str) -> None:
 
 
 def test_recipe_pack_settings(tmp_path: Path) -> None:
+    # reduce_range None: int8 weight width by the packing CPU; fec None: no parity
     defaults = {"format": "state-dict", "coder": "best", "int8": False, "method": "minmax",
-                "reduce_range": True}
+                "reduce_range": None, "fec": None}
     rec = Recipe.from_dict({"steps": [{"finetune": {}}]})
     assert rec.pack == defaults
     rec = Recipe.from_dict({"steps": [{"finetune": {}}], "pack": {"coder": "huffman"}})
@@ -133,6 +134,10 @@ def test_recipe_pack_settings(tmp_path: Path) -> None:
         Recipe.from_dict({"steps": [{"finetune": {}}], "pack": {"int8": True}})
     with pytest.raises(ConfigError, match=r"pack\.coder"):
         Recipe.from_dict({"steps": [{"finetune": {}}], "pack": {"coder": "zip"}})
+    assert Recipe.from_dict({"steps": [{"finetune": {}}], "pack": {"fec": 0.08}}).pack["fec"] \
+        == 0.08
+    with pytest.raises(ConfigError, match=r"pack\.fec"):
+        Recipe.from_dict({"steps": [{"finetune": {}}], "pack": {"fec": 0.001}})
     with pytest.raises(ConfigError, match=r"pack\.level"):
         Recipe.from_dict({"steps": [{"finetune": {}}], "pack": {"level": 9}})
 

@@ -18,6 +18,8 @@ _EXPORTS = {
     "apply": "modelzip.core.registry",
     "prune": "modelzip.prune",  # the package is callable: modelzip.prune(model, config)
     "quantize": "modelzip.api",
+    "factorize": "modelzip.api",
+    "distill": "modelzip.distill",  # callable: modelzip.distill(student, teacher, data, ...)
     "Context": "modelzip.core.context",
     "Dataset": "modelzip.core.dataset",
     "Recipe": "modelzip.recipe",

@@ -1,6 +1,7 @@
 """One verb per technique family, in the spirit of torchao's ``quantize_(model, config)``:
-``prune(model, config)`` and ``quantize(model, config)`` check that the config is of that
-kind and return the changed copy (``modelzip.apply`` for any registered technique)."""
+``prune(model, config)``, ``quantize(model, config)`` and ``factorize(model, config)`` check
+that the config is of that kind and return the changed copy (``modelzip.apply`` for any
+registered technique)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from modelzip.core.context import Context
 from modelzip.core.registry import apply, technique_for_config
 from modelzip.errors import ConfigError
 
-__all__ = ["prune", "quantize"]
+__all__ = ["factorize", "prune", "quantize"]
 
 
 def _apply_kind(kind: str, model: nn.Module, config: Any, ctx: Context | None) -> nn.Module:
@@ -31,3 +32,8 @@ def prune(model: nn.Module, config: Any, ctx: Context | None = None) -> nn.Modul
 def quantize(model: nn.Module, config: Any, ctx: Context | None = None) -> nn.Module:
     """A quantized copy of ``model`` (``config``: a quantization technique's config)."""
     return _apply_kind("quantize", model, config, ctx)
+
+
+def factorize(model: nn.Module, config: Any, ctx: Context | None = None) -> nn.Module:
+    """A factorized copy of ``model`` (``config``: a low-rank technique's config)."""
+    return _apply_kind("factorize", model, config, ctx)

@@ -82,10 +82,12 @@ def train(
     limit: Annotated[int | None, typer.Option(help="train on a seeded subset of N "
                                                    "images")] = None,
     progress: bool = True,
+    force: Annotated[bool, typer.Option("--force", help="replace what --out holds")] = False,
 ) -> None:
     """Train a zoo model and save a checkpoint (safetensors + JSON)."""
     import torch
 
+    from modelzip.atomic import check_output_folder
     from modelzip.checkpoint import save_checkpoint
     from modelzip.data import DATASETS, load_dataset
     from modelzip.errors import UnknownModelError
@@ -95,6 +97,7 @@ def train(
     if model not in list_models():
         raise UnknownModelError(f"unknown model {model!r}; known models: "
                                 f"{', '.join(list_models())}")
+    check_output_folder(out, force=force)  # before the work, not after it
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
                       weight_decay=weight_decay, schedule=schedule,
                       label_smoothing=label_smoothing,
@@ -114,7 +117,7 @@ def train(
     save_checkpoint(net, out, dataset=_dataset_meta(train_ds),
                     training={**cfg.to_dict(), "train_images": len(train_ds),
                               "wall_time_s": hist.wall_time_s, "history": hist.epochs},
-                    metrics=result.to_dict())
+                    metrics=result.to_dict(), keep_others=False)
     con.print(f"test error {result.error_pct:.2f}% ({result.errors} of {result.total}); "
               f"saved {out}")
 
@@ -187,7 +190,10 @@ def _is_artifact(path: Path) -> bool:
     if not path.is_file():
         return False
     with path.open("rb") as f:
-        return f.read(len(MAGIC)) == MAGIC
+        head = f.read(64)
+    from modelzip.flight.fec import is_protected
+
+    return head[:len(MAGIC)] == MAGIC or is_protected(head)
 
 
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:
@@ -242,6 +248,14 @@ def _inspect_artifact(path: Path, *, latency: bool, as_json: bool,
               f"{s['tensor_bytes']:,} + blobs {s['blob_bytes']:,} + SHA-256 "
               f"{s['checksum_bytes']}; overhead {s['file_bytes'] - s['tensor_bytes']:,} bytes",
               soft_wrap=True)
+    if s.get("signature_bytes"):
+        con.print(f"signed: + {s['signature_bytes']} bytes of Ed25519 signature (checked only "
+                  "with --trusted-key where the file is read)", soft_wrap=True)
+    if "fec" in s:
+        f = s["fec"]
+        con.print(f"FEC: {f['protected_file_bytes']:,} bytes on disk, {f['parity_symbols']} "
+                  f"parity bytes per 255 ({f['parity_symbols'] // 2} correctable); "
+                  f"{f['corrected_bytes']} damaged byte(s) corrected now", soft_wrap=True)
     if params:
         con.print(f"dense fp32 parameters {4 * params:,} bytes; ratio "
                   f"{4 * params / s['file_bytes']:.1f}x", soft_wrap=True)
@@ -256,6 +270,54 @@ def _inspect_artifact(path: Path, *, latency: bool, as_json: bool,
         con.print(render_profile(measure(net, shape, latency=True), f"{path} unpacked"))
 
 
+# Flight options: error-correcting parity, signing, and the keys a reader trusts
+FecOpt = Annotated[str | None, typer.Option(
+    "--fec", help="add Reed-Solomon parity, e.g. 8% (1% to 100% of the file): the reader "
+                  "corrects damaged bytes (8% corrects 9 in every 255, bursts interleaved)")]
+SignOpt = Annotated[Path | None, typer.Option(
+    "--sign", help="sign the file with this Ed25519 private key (make one with: modelzip "
+                   "keygen -o DIR)")]
+TrustedKeyOpt = Annotated[list[Path] | None, typer.Option(
+    "--trusted-key", help="accept only files signed by this public key (repeatable); an "
+                          "unsigned or wrongly signed file is refused before decoding")]
+
+
+def _flight_options(fec: str | None, sign: Path | None) -> tuple[float | None, object]:
+    """--fec and --sign checked before any work is done: (parity, private key)."""
+    parity, key = None, None
+    if fec is not None:
+        from modelzip.flight.fec import parse_parity
+
+        parity = parse_parity(fec)
+    if sign is not None:
+        from modelzip.flight.sign import load_private_key
+
+        key = load_private_key(sign)
+    return parity, key
+
+
+def _trusted(keys: list[Path] | None) -> list[bytes] | None:
+    if not keys:
+        return None
+    from modelzip.flight.sign import load_trusted_keys
+
+    return load_trusted_keys(keys)
+
+
+@app.command()
+def keygen(
+    out: Annotated[Path, typer.Option("-o", "--out", help="folder for the key pair")],
+) -> None:
+    """Make an Ed25519 key pair for signing .mzip files: the private key (mode 0600; keep it
+    on the ground) and the public key that readers trust (--trusted-key)."""
+    from modelzip.flight.sign import fingerprint, generate_keys, load_public_key
+
+    private, public = generate_keys(out)
+    _console().print(f"wrote {private} (private, mode 0600) and {public} (public, "
+                     f"fingerprint {fingerprint(load_public_key(public))}); sign with: "
+                     f"modelzip pack CHECKPOINT -o FILE.mzip --sign {private}", soft_wrap=True)
+
+
 @app.command()
 def pack(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder")],
@@ -264,14 +326,17 @@ def pack(
                                             "huffman, rans or raw")] = "best",
     model: ModelOpt = None,
     model_arg: ModelArgOpt = None,
+    fec: FecOpt = None,
+    sign: SignOpt = None,
 ) -> None:
     """Pack a checkpoint into a .mzip artifact: sparse index and entropy-coded values,
     checksummed; unpacks bit-exactly."""
     from modelzip.codec.model import pack_file
 
+    parity, key = _flight_options(fec, sign)
     ckpt = _load_checkpoint(checkpoint, model, model_arg)
     meta = {k: ckpt.meta[k] for k in ("dataset", "metrics") if ckpt.meta.get(k)}
-    pack_file(ckpt.model, out, coder=coder, meta=meta)
+    pack_file(ckpt.model, out, coder=coder, meta=meta, fec=parity, sign=key)
     size = out.stat().st_size
     dense = 4 * sum(p.numel() for p in ckpt.model.parameters())
     _console().print(f"wrote {out}: {size:,} bytes; dense fp32 parameters {dense:,} bytes; "
@@ -284,23 +349,105 @@ def unpack(
     out: Annotated[Path, typer.Option("-o", "--out", help="checkpoint folder to write")],
     model: ModelOpt = None,
     model_arg: ModelArgOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="replace a checkpoint in --out")
+    force: Annotated[bool, typer.Option("--force", help="replace what --out holds")
                      ] = False,
+    trusted_key: TrustedKeyOpt = None,
 ) -> None:
     """Unpack a .mzip artifact into a checkpoint folder (weights bit-exact)."""
+    from modelzip.atomic import check_output_folder
     from modelzip.checkpoint import save_checkpoint
+
+    check_output_folder(out, force=force, inputs=[path])
     from modelzip.codec.artifact import read_artifact_file
     from modelzip.codec.model import model_from_artifact
 
-    artifact = read_artifact_file(path)
+    artifact = read_artifact_file(path, trusted_keys=_trusted(trusted_key))
+    if artifact.fec is not None and not artifact.fec.clean:
+        _console().print(f"{path}: {artifact.fec.describe()}", soft_wrap=True)
     record = artifact.model if isinstance(artifact.model, dict) else {}
     skeleton = _skeleton(model, _builder_kwargs(record.get("kwargs"), model_arg))
     net = model_from_artifact(artifact, str(path), model=skeleton)
     dataset = artifact.meta.get("dataset")
     save_checkpoint(net, out, dataset=dataset if isinstance(dataset, dict) else None,
-                    metrics=artifact.meta.get("metrics"), force=force)
+                    metrics=artifact.meta.get("metrics"), keep_others=False)
     _console().print(f"unpacked {path} ({len(artifact.tensors)} tensors) to {out}",
                      soft_wrap=True)
+
+
+@app.command()
+def delta(
+    old: Annotated[Path, typer.Argument(help="the .mzip on board")],
+    new: Annotated[Path, typer.Argument(help="the new checkpoint folder (or its .mzip)")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="patch file to write (.mzipd)")],
+    tolerance: Annotated[float, typer.Option(
+        help="largest error a float element that is neither on a grid nor shared (bias, "
+             "BatchNorm) may get when that makes the patch smaller; 0: the patch gives the "
+             "new file exactly")] = 0.0,
+    delta_coder: Annotated[str, typer.Option(help="best, 3lc or coders")] = "best",
+    coder: Annotated[str, typer.Option(help="coder of the new .mzip (as `pack --coder`)")
+                     ] = "best",
+    fec: FecOpt = None,
+    model: ModelOpt = None,
+    model_arg: ModelArgOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="replace --out")] = False,
+) -> None:
+    """Make a patch that turns OLD.mzip into the .mzip of NEW (as `pack` writes it): the
+    changed tensors only, coded with 3LC or modelzip's coders; it names the SHA-256 of both."""
+    from modelzip.atomic import write_atomic
+    from modelzip.codec.artifact import load_artifact_bytes
+    from modelzip.flight.delta import describe_patch, make_delta
+
+    if out.exists() and not force:
+        raise ModelzipError(f"{out} exists; pass --force to replace it")
+    parity, _ = _flight_options(fec, None)
+    old_bytes = load_artifact_bytes(old)
+    hints = None
+    if _is_artifact(new):
+        new_bytes = load_artifact_bytes(new)
+    else:
+        from modelzip.codec.model import pack as pack_model
+        from modelzip.quant.grid import grid_hints
+
+        ckpt = _load_checkpoint(new, model, model_arg)
+        meta = {k: ckpt.meta[k] for k in ("dataset", "metrics") if ckpt.meta.get(k)}
+        new_bytes = pack_model(ckpt.model, coder=coder, meta=meta)
+        if parity is not None:
+            from modelzip.codec.artifact import protect_artifact
+
+            new_bytes = protect_artifact(new_bytes, fec=parity)
+        hints = grid_hints(ckpt.model)
+    patch = make_delta(old_bytes, new_bytes, hints=hints, tolerance=tolerance,
+                       delta_coder=delta_coder, artifact_coder=coder, fec=parity)
+    write_atomic(out, patch)
+    info = describe_patch(patch)
+    loss = ("lossless" if info["lossless"] else
+            f"lossy: max change error {info['max_abs_error']:.3g}")
+    _console().print(f"wrote {out}: {len(patch):,} bytes ({len(patch) / len(new_bytes):.1%} of "
+                     f"the new .mzip, {len(new_bytes):,} bytes), {loss}; base SHA-256 "
+                     f"{info['base_sha256']}, result {info['result_sha256']}", soft_wrap=True)
+
+
+@app.command("patch")
+def patch_(
+    old: Annotated[Path, typer.Argument(help="the .mzip on board")],
+    patch: Annotated[Path, typer.Argument(help="patch file made by `modelzip delta`")],
+    out: Annotated[Path, typer.Option("-o", "--out", help=".mzip to write (may be OLD: "
+                                                          "replaced only once verified)")],
+    force: Annotated[bool, typer.Option("--force", help="replace --out (other than OLD)")
+                     ] = False,
+) -> None:
+    """Apply a patch to a .mzip without torch: checks the base's SHA-256, rebuilds the new
+    file, checks its SHA-256 and only then writes it (temporary name, then rename)."""
+    import hashlib
+
+    from modelzip.flight.delta import patch_file
+
+    same = out.exists() and old.exists() and out.resolve() == old.resolve()
+    if out.exists() and not same and not force:
+        raise ModelzipError(f"{out} exists; pass --force to replace it")
+    new = patch_file(old, patch, out)
+    _console().print(f"wrote {out}: {len(new):,} bytes, SHA-256 "
+                     f"{hashlib.sha256(new).hexdigest()} (verified)", soft_wrap=True)
 
 
 def _parse_sets(pairs: list[str] | None, option: str = "--set") -> dict:
@@ -376,14 +523,14 @@ def _run_steps(checkpoint: Path, out: Path, steps, finetune_defaults: dict, *,
                force: bool = False) -> None:
     """Compress through ``modelzip.compress``; save the result as a checkpoint in ``out`` and,
     with a pack step, the artifact ``out/model.mzip``, whose read-back model is the one
-    evaluated for the "after" row."""
-    from modelzip.checkpoint import save_checkpoint
+    evaluated for the "after" row. The whole folder is written under a temporary name and
+    renamed into place once (it replaces, with --force, everything ``out`` held)."""
+    from modelzip.atomic import check_output_folder, staged_folder
+    from modelzip.checkpoint import checkpoint_files, write_checkpoint_files
     from modelzip.pipeline import compress
     from modelzip.recipe import Recipe
 
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ModelzipError(f"{out} exists and is not empty; pass --force to replace what "
-                            "it holds, or choose another --out")
+    check_output_folder(out, force=force, inputs=[checkpoint])
     ckpt = _load_checkpoint(checkpoint, model, model_arg)
     ctx = _context(ckpt, dataset, data, finetune_epochs, lr, progress)
     pack_settings = pack if pack is not None else (
@@ -391,23 +538,24 @@ def _run_steps(checkpoint: Path, out: Path, steps, finetune_defaults: dict, *,
     recipe = Recipe(recipe_name, tuple(steps), finetune_defaults,
                     pack=pack_settings or {"coder": "best"})
     artifact = out / "model.mzip" if pack_settings is not None else None
-    result = compress(ckpt.model, recipe, ctx=ctx, out=artifact, force=True)
-    if artifact is None:  # no pack step: report the model itself, not a read-back
-        result.artifact = None
-    saved = result.model if result.artifact_kind == "state-dict" or artifact is None \
-        else None
-    if saved is not None:
-        save_checkpoint(saved, out,
-                        dataset=ckpt.meta.get("dataset") or _dataset_meta(ctx.train_data),
-                        training=ckpt.meta.get("training"),
-                        metrics=_metrics(result.test_error_after),
-                        extra={"compression": {"source": str(checkpoint),
-                                               "recipe": recipe.to_dict(),
-                                               "records": result.records,
-                                               "settings": result.settings,
-                                               "before": {
-                                                   **_metrics(result.test_error_before),
-                                                   **result.before.to_dict()}}})
+    with staged_folder(out) as staged:
+        result = compress(ckpt.model, recipe, ctx=ctx, force=True,
+                          out=staged / artifact.name if artifact is not None else None)
+        if artifact is None:  # no pack step: report the model itself, not a read-back
+            result.artifact = None
+        saved = result.model if result.artifact_kind == "state-dict" or artifact is None \
+            else None
+        if saved is not None:
+            write_checkpoint_files(staged, *checkpoint_files(
+                saved, dataset=ckpt.meta.get("dataset") or _dataset_meta(ctx.train_data),
+                training=ckpt.meta.get("training"),
+                metrics=_metrics(result.test_error_after),
+                extra={"compression": {"source": str(checkpoint),
+                                       "recipe": recipe.to_dict(),
+                                       "records": result.records,
+                                       "settings": result.settings,
+                                       "before": {**_metrics(result.test_error_before),
+                                                  **result.before.to_dict()}}}))
     stored = result.artifact_bytes if artifact is not None else None
     name = ckpt.meta["model"].get("name", "model")
     _console().print(_before_after(result.before, result.after, result.test_error_before,
@@ -492,6 +640,7 @@ def prune(
     dataset: Annotated[str | None, typer.Option(help="default: the checkpoint's")] = None,
     data: Annotated[Path | None, typer.Option(help="folder holding the dataset")] = None,
     progress: bool = True,
+    force: Annotated[bool, typer.Option("--force", help="replace what --out holds")] = False,
 ) -> None:
     """Prune a checkpoint, fine-tune it, print the before/after table and save it."""
     from modelzip.registry import config_from_dict, get_technique, list_techniques
@@ -507,7 +656,7 @@ def prune(
         steps.append(("finetune", config_from_dict("finetune", {"epochs": finetune_epochs})))
     _run_steps(checkpoint, out, steps, {}, dataset=dataset, data=data,
                finetune_epochs=finetune_epochs or None, lr=lr, progress=progress,
-               recipe_name=f"prune --method {method}")
+               recipe_name=f"prune --method {method}", force=force)
 
 
 @app.command()
@@ -525,6 +674,7 @@ def quantize(
     dataset: Annotated[str | None, typer.Option(help="default: the checkpoint's")] = None,
     data: Annotated[Path | None, typer.Option(help="folder holding the dataset")] = None,
     progress: bool = True,
+    force: Annotated[bool, typer.Option("--force", help="replace what --out holds")] = False,
 ) -> None:
     """Quantize the weights of a checkpoint (pruned weights stay zero); save it as a
     checkpoint and as OUT/model.mzip and print the before/after table. Fine-tuning is the
@@ -537,15 +687,27 @@ def quantize(
     steps = [(method, config_from_dict(method, _parse_sets(sets)))]
     _run_steps(checkpoint, out, steps, {}, dataset=dataset, data=data, finetune_epochs=None,
                lr=None, progress=progress, recipe_name=f"quantize --method {method}",
-               pack_coder=coder)
+               pack_coder=coder, force=force)
 
 
 @app.command()
-def compress(
+def factorize(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder")],
-    recipe: Annotated[str, typer.Option(help="YAML recipe file, or the name of a built-in "
-                                             "recipe (e.g. deep-compression)")],
     out: Annotated[Path, typer.Option("-o", "--out", help="checkpoint folder to write")],
+    method: Annotated[str, typer.Option(help="a technique of kind factorize (svd, tucker2, "
+                                             "cp, separable, rank-select); see modelzip "
+                                             "techniques --kind factorize")] = "tucker2",
+    sets: Annotated[list[str] | None, typer.Option("--set", help="technique option "
+                                                   "KEY=VALUE (repeatable), e.g. --set "
+                                                   "ranks=[16,32] --set 'finetune={epochs: "
+                                                   "1}'")] = None,
+    finetune_epochs: Annotated[int, typer.Option(help="fine-tuning epochs after the "
+                                                      "factorization (0: none)")] = 0,
+    lr: Annotated[float | None, typer.Option(help="fine-tuning learning rate (default: "
+                                                  "a tenth of the training one)")] = None,
+    pack_format: Annotated[str, typer.Option("--format", help="what OUT/model.mzip holds: "
+                                             "state-dict (weights) or onnx (the runnable "
+                                             "graph, for modelzip run)")] = "state-dict",
     model: ModelOpt = None,
     model_arg: ModelArgOpt = None,
     dataset: Annotated[str | None, typer.Option(help="default: the checkpoint's")] = None,
@@ -553,16 +715,243 @@ def compress(
     force: Annotated[bool, typer.Option("--force", help="replace what --out holds")] = False,
     progress: bool = True,
 ) -> None:
+    """Factorize the layers of a checkpoint into low-rank ones (optionally fine-tune); save
+    it as a checkpoint and as OUT/model.mzip and print the before/after table."""
+    from modelzip.registry import config_from_dict, list_techniques
+
+    if method not in list_techniques("factorize"):
+        raise ModelzipError(f"--method must be one of {', '.join(list_techniques('factorize'))}"
+                            f", got {method!r}")
+    if pack_format not in ("state-dict", "onnx"):
+        raise ModelzipError(f"--format must be state-dict or onnx, got {pack_format!r}")
+    steps = [(method, config_from_dict(method, _parse_sets(sets)))]
+    if finetune_epochs > 0:
+        steps.append(("finetune", config_from_dict("finetune", {"epochs": finetune_epochs})))
+    _run_steps(checkpoint, out, steps, {}, dataset=dataset, data=data,
+               finetune_epochs=finetune_epochs or None, lr=lr, progress=progress,
+               recipe_name=f"factorize --method {method}",
+               pack={"format": pack_format, "coder": "best"}, model=model,
+               model_arg=model_arg, force=force)
+
+
+@app.command()
+def compress(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="checkpoint folder to write")],
+    recipe: Annotated[str | None, typer.Option(help="YAML recipe file, or the name of a "
+                                                    "built-in recipe (e.g. deep-compression)")
+                      ] = None,
+    model: ModelOpt = None,
+    model_arg: ModelArgOpt = None,
+    dataset: Annotated[str | None, typer.Option(help="default: the checkpoint's")] = None,
+    data: Annotated[Path | None, typer.Option(help="folder holding the dataset")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace what --out holds")] = False,
+    target: Annotated[list[str] | None, typer.Option(
+        help="search for the recipe under a budget (repeatable): size=32KB (.mzip bytes), "
+             "latency=0.3ms (runner, batch 1), macs=2M, params=50k")] = None,
+    max_drop: Annotated[float | None, typer.Option(
+        help="search: validation accuracy points the result may lose")] = None,
+    strategy: Annotated[str, typer.Option(help="search strategy: bo, bo-gp, random, uniform, "
+                                               "sensitivity, mlprune, amc")] = "bo",
+    trials: Annotated[int, typer.Option(help="search: configurations to evaluate")] = 20,
+    storage: Annotated[str | None, typer.Option(
+        help="search: Optuna storage URL (default sqlite beside OUT; postgresql://... to "
+             "share the study with search-worker processes)")] = None,
+    study: Annotated[str | None, typer.Option(help="search: study name (re-use resumes)")
+                     ] = None,
+    report: Annotated[Path | None, typer.Option(
+        help="search: HTML report path (default OUT/report.html)")] = None,
+    space: Annotated[list[str] | None, typer.Option(
+        "--space", help="search space option KEY=VALUE (repeatable), e.g. --space "
+                        "format=onnx --space prune=l1-filter --space 'bits=[3,4,5]'")] = None,
+    progress: bool = True,
+) -> None:
     """Run a recipe of compression steps on a checkpoint through modelzip.compress; save the
     result as a checkpoint and as OUT/model.mzip (the weights, or with the recipe's `pack:
     {format: onnx}` the runnable graph), and print the before/after table (the "after"
-    error is that of the model read back from the .mzip)."""
+    error is that of the model read back from the .mzip). With --target/--max-drop the
+    per-layer recipe is searched for instead, and OUT/report.html describes the search."""
     from modelzip.pipeline import _recipe
 
+    if target or max_drop is not None:
+        if recipe is not None:
+            raise ModelzipError("give either --recipe or --target/--max-drop (a search "
+                                "finds the recipe)")
+        _search_compress(checkpoint, out, target, max_drop, strategy=strategy, trials=trials,
+                         storage=storage, study=study, report=report, space=space,
+                         dataset=dataset, data=data, force=force, progress=progress,
+                         model=model, model_arg=model_arg)
+        return
+    if recipe is None:
+        raise ModelzipError("compress needs --recipe, or --target/--max-drop to search")
     rec = _recipe(recipe)
     _run_steps(checkpoint, out, list(rec.steps), rec.finetune, dataset=dataset, data=data,
                finetune_epochs=None, lr=None, progress=progress, recipe_name=rec.name,
                pack=rec.pack, model=model, model_arg=model_arg, force=force)
+
+
+def _search_compress(checkpoint: Path, out: Path, target, max_drop, *, strategy: str,
+                     trials: int, storage, study, report, space, dataset, data, force: bool,
+                     progress: bool, model: str | None = None,
+                     model_arg: list[str] | None = None) -> None:
+    """compress --target: modelzip.search, then the checkpoint, table and report."""
+    from modelzip.checkpoint import save_checkpoint
+    from modelzip.search import SearchConfig, parse_budget, search
+    from modelzip.search.strategies import STRATEGIES
+    from modelzip.search.study import redact
+
+    budget = parse_budget(target, max_drop)
+    if strategy not in STRATEGIES:
+        raise ModelzipError(f"unknown search strategy {strategy!r}; known: "
+                            f"{', '.join(STRATEGIES)}")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ModelzipError(f"{out} exists and is not empty; pass --force to replace what "
+                            "it holds, or choose another --out")
+    ckpt = _load_checkpoint(checkpoint, model, model_arg)
+    ctx = _context(ckpt, dataset, data, None, None, progress)
+    out.mkdir(parents=True, exist_ok=True)
+    kwargs = _builder_kwargs((ckpt.meta.get("model") or {}).get("kwargs"), model_arg)
+    source = {"checkpoint": str(checkpoint.resolve()), "dataset": dataset,
+              "data": str(data) if data else None, "model": model, "model_kwargs": kwargs}
+    config = SearchConfig(strategy=strategy, trials=trials, storage=storage, study=study,
+                          report=str(report or out / "report.html"), progress=progress,
+                          space=_parse_sets(space, "--space"), source=source)
+    found = search(ckpt.model, budget, ctx=ctx, config=config, out=out / "model.mzip",
+                   skeleton=_skeleton(model, kwargs), force=True)
+    result = found.compression
+    if result.artifact_kind == "state-dict":
+        save_checkpoint(result.model, out, dataset=ckpt.meta.get("dataset"),
+                        training=ckpt.meta.get("training"),
+                        metrics=_metrics(result.test_error_after),
+                        extra={"compression": {"source": str(checkpoint),
+                                               "search": result.settings.get("search"),
+                                               "records": result.records}})
+    name = ckpt.meta["model"].get("name", "model")
+    console = _console()
+    console.print(_before_after(result.before, result.after, result.test_error_before,
+                                result.test_error_after, f"{name}: search ({strategy}, "
+                                f"{len(found.trials)} trials)", result.artifact_bytes))
+    console.print(("" if found.budget_met else "[bold red]budget not met:[/] ")
+                  + found.message, soft_wrap=True)
+    console.print(f"wrote {out / 'model.mzip'} ({result.artifact_bytes:,} bytes) and "
+                  f"{config.report}; study {found.study!r} in {redact(found.storage)}"
+                  + (f"; run it with: modelzip run {out / 'model.mzip'} --input inputs.npy"
+                     if result.artifact_kind == "onnx-graph" else ""), soft_wrap=True)
+
+
+@app.command("search-worker")
+def search_worker(
+    study: Annotated[str, typer.Option(help="the study's name")],
+    storage: Annotated[str, typer.Option(help="its Optuna storage URL (postgresql://...)")],
+    trials: Annotated[int | None, typer.Option(
+        help="stop when the study holds this many trials (default: the study's)")] = None,
+    progress: bool = True,
+) -> None:
+    """Run trials of a search started by `compress --target ... --study NAME --storage URL`
+    (several workers on several machines may share one study)."""
+    from modelzip.search.worker import search_worker as run_worker
+
+    ran = run_worker(study, storage, trials=trials, progress=progress)
+    _console().print(f"search-worker: ran {ran} trial(s) of study {study!r}")
+
+
+@app.command()
+def distill(
+    teacher: Annotated[Path, typer.Argument(help="the teacher's checkpoint folder")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="checkpoint folder to write")],
+    student: Annotated[str, typer.Option(help="the student: a zoo name (e.g. lenet300) or "
+                                              "MODULE:FUNCTION")],
+    sets: Annotated[list[str] | None, typer.Option("--set", help="a student builder argument "
+                                                   "KEY=VALUE (repeatable), e.g. --set "
+                                                   "hidden=800,800")] = None,
+    temperature: Annotated[float, typer.Option("-T", "--temperature",
+                                               help="the softmax temperature T")] = 4.0,
+    alpha: Annotated[float, typer.Option(help="weight of the soft targets (1: labels "
+                                              "unused)")] = 0.9,
+    hint: Annotated[str | None, typer.Option(help="FitNets hint first: STUDENT_LAYER:"
+                                                  "TEACHER_LAYER")] = None,
+    epochs: int = 10,
+    lr: float = 0.05,
+    batch_size: int = 128,
+    weight_decay: float = 5e-4,
+    augment: Annotated[str, typer.Option(help="none, flips or shift")] = "none",
+    seed: int = 0,
+    dataset: Annotated[str | None, typer.Option(help="default: the teacher's")] = None,
+    data: Annotated[Path | None, typer.Option(help="folder holding the dataset")] = None,
+    limit: Annotated[int | None, typer.Option(help="train on a seeded subset of N "
+                                                   "images")] = None,
+    force: Annotated[bool, typer.Option(help="replace what OUT holds")] = False,
+    progress: bool = True,
+) -> None:
+    """Train a student from scratch against a teacher's soft targets (kd; with --hint,
+    FitNets first) and save it as a checkpoint."""
+    import dataclasses
+
+    import torch
+
+    from modelzip.checkpoint import save_checkpoint
+    from modelzip.data import load_dataset
+    from modelzip.distill import HintConfig, KDConfig
+    from modelzip.metrics import profile_model
+    from modelzip.pipeline import make_context
+    from modelzip.registry import apply
+    from modelzip.train import TrainConfig
+    from modelzip.zoo import list_models, model_kwargs_for_data
+
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ModelzipError(f"{out} exists and is not empty; pass --force to replace what "
+                            "it holds, or choose another --out")
+    kwargs = {k: [int(v) for v in value.split(",")]  # hidden=800,800 -> [800, 800]
+              if isinstance(value, str) and value.replace(",", "").isdigit() else value
+              for k, value in _parse_sets(sets).items()}
+    # the settings first: a bad one is refused before any data is read
+    if hint is None:
+        config = KDConfig(teacher=str(teacher), T=temperature, alpha=alpha)
+    else:
+        student_layer, sep, teacher_layer = hint.partition(":")
+        if not sep:
+            raise ModelzipError(f"--hint expects STUDENT_LAYER:TEACHER_LAYER, got {hint!r}")
+        config = HintConfig(student_layer=student_layer, teacher_layer=teacher_layer,
+                            teacher=str(teacher), T=temperature, alpha=alpha)
+    ckpt = _load_checkpoint(teacher)
+    name = dataset or (ckpt.meta.get("dataset") or {}).get("name")
+    if not name:
+        raise ModelzipError("the teacher's checkpoint does not record its dataset; pass "
+                            "--dataset")
+    train_ds, test_ds = load_dataset(name, "train", data), load_dataset(name, "test", data)
+    if student in list_models():
+        kwargs = {**model_kwargs_for_data(student, train_ds), **kwargs}
+    torch.manual_seed(seed)  # the student's initial weights
+    net = _skeleton(student, kwargs)
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+                      augment=augment, seed=seed)
+    ctx = make_context(data=_train_subset(train_ds, limit, seed), test_data=test_ds,
+                       finetune=cfg, seed=seed, progress=progress)
+    con = _console()
+    con.print(f"distilling {teacher} into {student} on {name} ({len(ctx.train_data)} images, "
+              f"{epochs} epoch(s), T={temperature:g}, alpha={alpha:g})")
+    trained = apply(net, config, ctx)
+    from rich.table import Table
+
+    table = Table(title=f"{student} distilled from {teacher}")
+    for col in ("", "params", "MACs / sample", "test error %"):
+        table.add_column(col, justify="right" if col else "left")
+    results = {}
+    for label, model in (("teacher", ckpt.model), ("student", trained)):
+        prof = profile_model(model, example_inputs=ctx.example_inputs)
+        results[label] = ctx.evaluate(model, test_ds)
+        table.add_row(label, f"{prof.params:,}", f"{prof.total_macs:,}",
+                      f"{results[label].error_pct:.2f} ({results[label].errors})")
+    con.print(table)
+    save_checkpoint(trained, out, dataset=ckpt.meta.get("dataset") or _dataset_meta(train_ds),
+                    training={**dataclasses.replace(cfg, distill=None).to_dict(),
+                              "train_images": len(ctx.train_data)},
+                    metrics=_metrics(results["student"]),
+                    extra={"distillation": {"teacher": str(teacher),
+                                            "teacher_metrics": _metrics(results["teacher"]),
+                                            "records": ctx.records}},
+                    force=True)
+    con.print(f"saved {out}")
 
 
 @app.command()
@@ -858,10 +1247,15 @@ def pack_onnx(
     model: ModelOpt = None,
     model_arg: ModelArgOpt = None,
     force: Annotated[bool, typer.Option("--force", help="replace --out")] = False,
+    fec: FecOpt = None,
+    sign: SignOpt = None,
 ) -> None:
     """Pack a checkpoint with its ONNX graph (fp32 or --int8), or an .onnx file as it is, for
     the torch-free `run`; the packed file is read back and checked before it is written."""
     from modelzip.checkpoint import write_atomic
+    from modelzip.codec.artifact import protect_artifact
+
+    parity, key = _flight_options(fec, sign)
 
     if out.exists() and not force:
         raise ModelzipError(f"{out} exists; pass --force to replace it")
@@ -871,7 +1265,8 @@ def pack_onnx(
         if int8:
             raise ModelzipError("--int8 applies to a checkpoint; quantize your .onnx file "
                                 "first, or pack it as it is")
-        blob = pack_onnx_file(source, meta={"model": source.stem})
+        blob = protect_artifact(pack_onnx_file(source, meta={"model": source.stem}),
+                                fec=parity, sign=key)
         write_atomic(out, blob)
         _console().print(f"wrote {out}: {len(blob):,} bytes, {source.name} as it is; run it "
                          f"with: modelzip run {out} --input inputs.npy", soft_wrap=True)
@@ -892,6 +1287,7 @@ def pack_onnx(
         calibration = _calibration_images(name, data, calibration_images, method)
     blob = pack_model_onnx(ckpt.model, int8=int8, calibration=calibration, meta=meta,
                            calibration_method=method)
+    blob = protect_artifact(blob, fec=parity, sign=key)
     write_atomic(out, blob)
     _console().print(f"wrote {out}: {len(blob):,} bytes, {'int8' if int8 else 'fp32'} ONNX "
                      f"graph; run it with: modelzip run {out} --input images.npy")
@@ -911,10 +1307,18 @@ def run(ctx: typer.Context) -> None:
 def main() -> None:
     """Entry point: run the app; user errors become one line and exit code 2 (usage errors
     are reported by typer itself, also with code 2)."""
+    import signal
+
+    # a kill (SIGTERM) unwinds like Ctrl-C: temporary files and folders are removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         app()
     except ModelzipError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:  # a path the user gave: unreadable, read-only, full disk...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         sys.exit(2)
 
 

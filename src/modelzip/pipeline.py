@@ -203,16 +203,26 @@ def _pack(model: nn.Module, original: nn.Module, recipe: Any, ctx: Context,
         if settings.get("int8"):
             calib = ctx.require("calibration_data", "pack (int8)")
             calibration = _as_arrays(first_batch_inputs(calib, len(calib)))
-        example = None if isinstance(ctx.example_inputs, torch.Tensor) else ctx.example_inputs
+        example = ctx.example_inputs
         blob = pack_model_onnx(model, int8=bool(settings.get("int8")), calibration=calibration,
                                meta=meta, calibration_method=settings.get("method", "minmax"),
                                coder=settings.get("coder", "best"), example_inputs=example,
-                               reduce_range=bool(settings.get("reduce_range", True)))
-        return blob, None, "onnx-graph"
+                               reduce_range=settings.get("reduce_range"))
+        return _protect(blob, settings), None, "onnx-graph"
     from modelzip.codec.model import pack, unpack
 
-    blob = pack(model, coder=settings.get("coder", "best"), meta=meta, skeleton=skeleton)
+    blob = _protect(pack(model, coder=settings.get("coder", "best"), meta=meta,
+                         skeleton=skeleton), settings)
     return blob, unpack(blob, model=_fresh_skeleton(original, skeleton)), "state-dict"
+
+
+def _protect(blob: bytes, settings: dict[str, Any]) -> bytes:
+    """The pack step's ``fec``: Reed-Solomon parity around the artifact (read back as is)."""
+    if settings.get("fec") is None:
+        return blob
+    from modelzip.codec.artifact import protect_artifact
+
+    return protect_artifact(blob, fec=settings["fec"])
 
 
 def _fresh_skeleton(original: nn.Module, skeleton: nn.Module | None) -> nn.Module:
@@ -268,7 +278,9 @@ def _artifact_meta(data: Any, example_inputs: Any) -> dict[str, Any]:
     return {"dataset": dataset} if dataset else {}
 
 
-def compress(model: nn.Module, recipe: Any, *, data: Any = None, val_data: Any = None,
+def compress(model: nn.Module, recipe: Any = None, *, target: Any = None,
+             max_drop: float | None = None, search: Any = None, data: Any = None,
+             val_data: Any = None,
              test_data: Any = None, calibration_data: Any = None, example_inputs: Any = None,
              finetune: Any = None, trainer: Any = None, evaluator: Any = None,
              loss_fn: Any = None, skeleton: nn.Module | None = None,
@@ -282,7 +294,21 @@ def compress(model: nn.Module, recipe: Any, *, data: Any = None, val_data: Any =
     ``val_fraction`` of it; ``test_data`` is only evaluated for the report. ``trainer``,
     ``evaluator``, ``loss_fn``: the user's loop (defaults: classification). ``out``: where to
     write the artifact (refused if it exists, unless ``force``). ``ctx``: a ready Context
-    instead of the data arguments."""
+    instead of the data arguments.
+
+    With ``target`` (``"size=32KB"``, a list of such, or a ``Budget``) and/or ``max_drop``
+    (validation accuracy points) the per-layer recipe is found by ``modelzip.search``
+    (``search``: a ``SearchConfig`` or a mapping of its options); the result's
+    ``settings["search"]`` describes the search."""
+    if target is not None or max_drop is not None:
+        return _search(model, recipe, target, max_drop, search, out=out, force=force,
+                       skeleton=skeleton, ctx=ctx, data=data, val_data=val_data,
+                       test_data=test_data, calibration_data=calibration_data,
+                       example_inputs=example_inputs, finetune=finetune, trainer=trainer,
+                       evaluator=evaluator, loss_fn=loss_fn, val_fraction=val_fraction,
+                       seed=seed, progress=progress)
+    if recipe is None:
+        raise ConfigError("compress() needs a recipe, or a target/max_drop to search for one")
     start = time.perf_counter()
     recipe = _recipe(recipe)
     out_path = Path(out) if out is not None else None
@@ -297,6 +323,8 @@ def compress(model: nn.Module, recipe: Any, *, data: Any = None, val_data: Any =
     if ctx.example_inputs is None:
         ctx.example_inputs = _zoo_example(model)
     model = model.eval()
+    if ctx.original_model is None:  # distillation's teacher "original": a frozen copy
+        ctx.original_model = copy.deepcopy(model).requires_grad_(False)
     before = _profile(model, ctx.example_inputs)
     test_before = ctx.evaluate(model, ctx.test_data) if ctx.test_data is not None else None
     val_before = ctx.val_error(model)
@@ -326,20 +354,51 @@ def compress(model: nn.Module, recipe: Any, *, data: Any = None, val_data: Any =
         settings=dict(ctx.settings), wall_time_s=time.perf_counter() - start)
 
 
+def _search(model: nn.Module, recipe: Any, target: Any, max_drop: float | None,
+            search: Any, *, out: Any, force: bool, skeleton: nn.Module | None,
+            ctx: Context | None, seed: int, progress: bool, **data: Any) -> CompressionResult:
+    """compress() with a budget: modelzip.search finds the recipe's per-layer choices."""
+    from modelzip.search import Budget, SearchConfig, parse_budget
+    from modelzip.search import search as run_search
+
+    if recipe is not None:
+        raise ConfigError("give either a recipe or a target/max_drop to search for one")
+    budget = target if isinstance(target, Budget) else parse_budget(target, max_drop)
+    if isinstance(target, Budget) and max_drop is not None:
+        budget = dataclasses.replace(budget, max_drop=max_drop)
+    config = search if isinstance(search, SearchConfig) else SearchConfig(
+        **{"seed": seed, "progress": progress, **dict(search or {})})
+    if ctx is None:
+        ctx = make_context(seed=seed, progress=progress, **data)
+    return run_search(model, budget, ctx=ctx, config=config, out=out, skeleton=skeleton,
+                      force=force).compression
+
+
 def _evaluate_graph(blob: bytes, ctx: Context) -> tuple[Any, float | None]:
     from modelzip.codec.artifact import read_artifact
-    from modelzip.runtime.export import evaluate_onnx
     from modelzip.runtime.onnx_artifact import GRAPH_BLOB
 
     artifact = read_artifact(blob)
     graph = artifact.blobs.get(GRAPH_BLOB) if hasattr(artifact, "blobs") else None
     if graph is None or ctx.evaluator is not None:
         return None, None
-    from modelzip.runtime.onnx_artifact import load_onnx_package  # noqa: F401
-
-    test = evaluate_onnx(blob, ctx.test_data) if ctx.test_data is not None else None
-    val = evaluate_onnx(blob, ctx.val_data).error_pct if ctx.val_data is not None else None
+    test = _evaluate_runner(blob, ctx.test_data) if ctx.test_data is not None else None
+    val = (_evaluate_runner(blob, ctx.val_data).error_pct if ctx.val_data is not None
+           else None)
     return test, val
+
+
+def _evaluate_runner(blob: bytes, data: Any) -> Any:
+    """``evaluate_onnx`` of a .mzip graph artifact: its weights are put in place by the
+    on-board runner's session (onnxruntime cannot parse the .mzip bytes themselves)."""
+    import numpy as np
+
+    from modelzip.runtime.export import eval_result
+    from modelzip.runtime.runner import Runner
+
+    runner = Runner.from_bytes(blob)
+    logits = np.concatenate([runner.logits(x.numpy()) for x, _ in data.batches(500)])
+    return eval_result(logits, data.labels.numpy())
 
 
 def _zoo_example(model: nn.Module) -> Any:

@@ -21,7 +21,14 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from torch import nn
 
 from modelzip.errors import ConfigError
@@ -40,9 +47,11 @@ class _PackSettings(BaseModel):
     coder: Literal["best", "huffman", "rans", "raw"] = "best"
     int8: bool = False  # format onnx: static int8 operators, calibrated on training samples
     method: Literal["minmax", "percentile", "entropy"] = "minmax"  # int8 calibration
-    # int8 weights in 7 bits: full 8-bit weights overflow the int16 sums of AVX2 kernels
-    # without VNNI (see the latency benchmark); false for full 8-bit weights
-    reduce_range: bool = True
+    # int8 weights in 7 bits (true) or 8 (false); left out: by the CPU packing, 8 bits where
+    # VNNI/AMX sum in int32, 7 where AVX2's int16 sums would overflow (modelzip.runtime.cpu)
+    reduce_range: bool | None = None
+    # Reed-Solomon parity per data byte (0.08: 8%), so that the file survives bit flips
+    fec: float | None = Field(default=None, ge=0.01, le=1.0)
 
     @model_validator(mode="after")
     def _int8_needs_onnx(self) -> _PackSettings:
@@ -144,6 +153,10 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: recipe file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder; give the recipe's YAML file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the recipe ({exc})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -23,6 +23,9 @@ BUILTIN_MODULES = (
     "modelzip.prune",
     "modelzip.quant",
     "modelzip.runtime.qat",
+    "modelzip.distill",
+    "modelzip.lowrank",
+    "modelzip.search.fold",
 )
 
 _loaded = False

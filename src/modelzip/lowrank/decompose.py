@@ -35,6 +35,7 @@ __all__ = [
     "EVBMFResult",
     "SeparableFactors",
     "TuckerResult",
+    "balance_factors",
     "check_rank",
     "cp",
     "cp_max_rank",
@@ -319,8 +320,19 @@ def cp(weight: torch.Tensor, rank: int, *, n_iter_max: int = 100, tol: float = 1
     if not math.isfinite(best_error):
         raise ConfigError(f"cp: rank {rank} did not give finite factors for a kernel of "
                           f"shape {tuple(weight.shape)}; choose another rank")
-    out, inn, vert, horiz = (f.to(weight.dtype) for f in best)
+    out, inn, vert, horiz = (f.to(weight.dtype) for f in balance_factors(best))
     return CPResult(out, inn, vert, horiz, best_error, converged, method, note)
+
+
+def balance_factors(factors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The same CP tensor with each component's norm shared equally by its factor columns
+    (column r of every factor gets norm (prod_k ||f_k[:, r]||)^(1/K)). ALS leaves the weights
+    in one factor; the four layers of the factorized conv then differ in scale by orders of
+    magnitude, and one learning rate for all of them makes fine-tuning diverge."""
+    norms = torch.stack([f.double().norm(dim=0) for f in factors])  # (K, R)
+    shared = norms.prod(0) ** (1.0 / len(factors))
+    scale = torch.where(norms > 0, shared / norms.clamp_min(1e-300), torch.zeros_like(norms))
+    return [(f.double() * scale[k][None, :]).to(f.dtype) for k, f in enumerate(factors)]
 
 
 def _cp_error(weight: torch.Tensor, factors: list[torch.Tensor]) -> float:

@@ -46,7 +46,7 @@ from modelzip.train import EvalResult
 from modelzip.zoo import ModelSpec, check_input_shape
 
 __all__ = ["DEFAULT_OPSET", "EXPORTERS", "INPUT_NAME", "OUTPUT_NAME", "ExampleInputs",
-           "evaluate_onnx", "export_onnx", "max_abs_diff"]
+           "eval_result", "evaluate_onnx", "export_onnx", "max_abs_diff"]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -348,13 +348,17 @@ def evaluate_onnx(onnx_model: bytes, data: ImageDataset, *, threads: int = 1,
     session = make_session(onnx_model, threads=threads)
     logits = np.concatenate([run_batches(session, x.numpy(), batch_size)
                              for x, _ in data.batches(batch_size)])
-    labels = data.labels.numpy()
+    return eval_result(logits, data.labels.numpy())
+
+
+def eval_result(logits: np.ndarray, labels: np.ndarray) -> EvalResult:
+    """Error % (and count) and mean cross-entropy of class scores against integer labels."""
     errors = int((logits.argmax(1) != labels).sum())
     shifted = logits - logits.max(1, keepdims=True)  # log-softmax without overflow
     log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
     loss = float(-log_probs[np.arange(len(labels)), labels].mean()) if len(labels) else 0.0
-    return EvalResult(error_pct=100.0 * errors / max(len(data), 1), errors=errors,
-                      total=len(data), loss=loss)
+    return EvalResult(error_pct=100.0 * errors / max(len(labels), 1), errors=errors,
+                      total=len(labels), loss=loss)
 
 
 # ---------------------------------------------------------------------------- export
