@@ -463,3 +463,31 @@ def test_console_script_dispatches_run_and_other_commands(fp32, test_images, tmp
                            capture_output=True, text=True, timeout=120, check=False)
     assert other.returncode == 0
     assert "run" in other.stdout and "train" in other.stdout
+
+
+def test_npy_whose_header_claims_more_than_the_file_holds_is_refused(capsys, fp32, tmp_path):
+    path = tmp_path / "forged.npy"
+    with open(path, "wb") as f:  # a 5 GB array declared, 200 bytes present
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "|u1", "fortran_order": False, "shape": (5_000_000, 1, 28, 28)})
+        f.write(bytes(200))
+    code, _, err = run_main(capsys, fp32.mzip, "--input", path)
+    assert_one_error_line(code, err, "header declares", "holds 200 bytes")
+
+
+def test_nan_and_infinite_inputs_are_refused(capsys, fp32, tmp_path):
+    x = np.zeros((3, 1, 28, 28), np.float32)
+    x[1, 0, 3, 4], x[2, 0, 0, 0] = np.nan, np.inf
+    np.save(tmp_path / "x.npy", x)
+    out_path = tmp_path / "preds.npy"
+    code, _, err = run_main(capsys, fp32.mzip, "--input", tmp_path / "x.npy",
+                            "--output", out_path)
+    assert_one_error_line(code, err, "2 NaN or infinite")
+    assert not out_path.exists()
+
+
+def test_threads_beyond_the_cpus_are_refused(capsys, fp32, tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 28, 28), np.uint8))
+    code, _, err = run_main(capsys, fp32.mzip, "--input", tmp_path / "x.npy",
+                            "--threads", "10000")
+    assert_one_error_line(code, err, "--threads must be between 1 and")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import sys
 import warnings
@@ -68,6 +69,14 @@ def _fits(shape: tuple[int, ...], expected: tuple[int | None, ...]) -> bool:
     """Whether a per-sample shape matches the graph's (None: any size)."""
     return len(shape) == len(expected) and all(
         e is None or s == e for s, e in zip(shape, expected, strict=True))
+
+
+def check_finite(array: np.ndarray, what: str) -> None:
+    """Refuse NaN or infinite values: a model would turn them into confident nonsense."""
+    if not np.isfinite(array).all():
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise DataError(f"{what} holds {bad:,} NaN or infinite value(s) of {array.size:,}; "
+                        "replace or drop those samples")
 
 
 def check_normalized(images: np.ndarray, package: OnnxPackage) -> None:
@@ -118,6 +127,8 @@ def prepare_input(images: np.ndarray, package: OnnxPackage) -> np.ndarray:
     if images.ndim and images.shape[0] and _fits(images.shape[1:], per_sample):
         converted = _as_graph_dtype(images, spec.inputs[0])
         if converted is not None:
+            if converted.dtype.kind == "f":
+                check_finite(converted, "the input")
             if converted.dtype == np.float32:
                 check_normalized(converted, package)
             return np.ascontiguousarray(converted)
@@ -167,6 +178,8 @@ def prepare_inputs(inputs: np.ndarray | Mapping[str, np.ndarray], package: OnnxP
         converted = _as_graph_dtype(array, item) if array.ndim else None
         if converted is None or not _fits(array.shape[1:], item.shape):
             raise ShapeError(f"{got}; this model expects {input_spec_text(spec)}")
+        if converted.dtype.kind == "f":
+            check_finite(converted, f"input {item.name!r}")
         if batch is None:
             batch = len(array)
         if len(array) != batch or batch == 0:
@@ -209,7 +222,31 @@ def load_inputs(path: str | os.PathLike[str], names: list[str] | tuple[str, ...]
                             "numeric arrays with numpy.savez") from None
 
 
+def _check_npy_size(path: Path) -> None:
+    """Refuse a .npy file whose header declares more data than the file holds, before
+    numpy allocates it (a 300-byte file must not ask for gigabytes)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                return  # not .npy (an .npz archive, or not numpy at all): np.load decides
+            f.seek(0)
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(f)
+            declared = math.prod(shape) * dtype.itemsize
+            held = os.fstat(f.fileno()).st_size - f.tell()
+    except (ValueError, OSError, EOFError):
+        return  # np.load gives its own error for a header it cannot read
+    if declared != held:
+        raise DataError(f"{path}: its header declares an array of shape {shape} "
+                        f"({declared:,} bytes) but the file holds {held:,} bytes of data; "
+                        "the file is truncated or not what it says: save it again")
+
+
 def _load(path: Path) -> np.ndarray | np.lib.npyio.NpzFile:
+    if path.is_file():
+        _check_npy_size(path)
     try:
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -347,8 +384,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> None:
-    if args.threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    most = os.cpu_count() or 1
+    if not 1 <= args.threads <= most:
+        raise ConfigError(f"--threads must be between 1 and {most} (this machine's CPUs), got "
+                          f"{args.threads}")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     with warnings.catch_warnings(record=True) as caught:  # one "warning:" line each
