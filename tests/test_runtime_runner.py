@@ -491,3 +491,18 @@ def test_threads_beyond_the_cpus_are_refused(capsys, fp32, tmp_path):
     code, _, err = run_main(capsys, fp32.mzip, "--input", tmp_path / "x.npy",
                             "--threads", "10000")
     assert_one_error_line(code, err, "--threads must be between 1 and")
+
+
+@pytest.mark.parametrize("forged", [{"mean": [None]}, {"mean": [0.1, 0.2], "std": [0.3, 0.4]},
+                                    {"std": [0.0]}, {"mean": ["x"]},
+                                    {"classes": ["only", "three", "names"]},
+                                    {"classes": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}])
+def test_forged_manifest_fields_are_refused_when_loading(capsys, fp32, tmp_path, forged):
+    art = read_artifact(fp32.mzip.read_bytes())
+    meta = {**art.meta, **forged}
+    forged_path = tmp_path / "forged.mzip"
+    forged_path.write_bytes(write_artifact(dict(art.tensors), model=art.model, blobs=art.blobs,
+                                           meta=meta))
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 28, 28), np.uint8))
+    code, _, err = run_main(capsys, forged_path, "--input", tmp_path / "x.npy")
+    assert_one_error_line(code, err, "manifest's")

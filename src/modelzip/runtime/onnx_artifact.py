@@ -50,6 +50,7 @@ The manifest's ``model`` record of such an artifact (``kind`` "onnx-graph"; an a
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -581,8 +582,37 @@ def load_onnx_package(artifact: Artifact, *, source: str = "the artifact") -> On
         raise ModelzipError(f"{source}: the graph's weights and the stored tensors differ "
                             f"(missing: {missing[:3]}, unexpected: {extra[:3]}); pack it again")
     arrays = {n: np.require(tensors[n], requirements="C") for n in names}
+    meta = dict(artifact.meta or {})
+    _check_meta(meta, spec, source)
     return OnnxPackage(graph=blobs[model.get("graph_blob", GRAPH_BLOB)], initializers=arrays,
-                       spec=spec, meta=dict(artifact.meta or {}))
+                       spec=spec, meta=meta)
+
+
+def _real(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _check_meta(meta: dict[str, Any], spec: OnnxGraphSpec, source: str) -> None:
+    """Refuse manifest fields the runner would act on wrongly: a mean/std that is not one
+    finite number per input channel (std > 0), class names that are not one string per
+    output. A forged ``mean: [null]`` must not quietly turn every image into one class."""
+    mean, std = meta.get("mean"), meta.get("std")
+    if mean is not None or std is not None:
+        channels = spec.input_shape[0] if len(spec.input_shape) == 3 else None
+        fits = (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std)
+                and all(_real(m) for m in mean) and all(_real(v) and v > 0 for v in std)
+                and (channels is None or len(mean) == channels))
+        if not fits:
+            raise ModelzipError(f"{source}: the manifest's mean/std ({mean!r} / {std!r}) are "
+                                f"not one finite number per input channel (std > 0); pack the "
+                                "model again")
+    classes = meta.get("classes")
+    if classes is not None and not (
+            isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+            and (spec.num_outputs is None or len(classes) == spec.num_outputs)):
+        raise ModelzipError(f"{source}: the manifest's class names are not one string per "
+                            f"output ({spec.num_outputs} outputs); pack the model again")
 
 
 def build_session(package: OnnxPackage, *, threads: int = 1,
