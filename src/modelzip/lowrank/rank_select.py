@@ -146,6 +146,11 @@ def _ladder(module: nn.Module, layer: _Layer, steps: int, target: str) -> None:
             layer.options.append(_Option(pair, cost, error ** 2))
 
 
+def _total_cost(layers: list[_Layer], choice: list[int]) -> float:
+    """The total cost of the chosen option (an index per layer) of every layer."""
+    return sum(layer.options[i].cost for layer, i in zip(layers, choice, strict=True))
+
+
 def _allocate(layers: list[_Layer], weights: list[float], budget: float) -> list[int]:
     """Option index per layer minimising sum w e within ``budget`` (the factorized layers'
     total cost): a Lagrangian bisection, then the slack spent greedily."""
@@ -156,24 +161,21 @@ def _allocate(layers: list[_Layer], weights: list[float], budget: float) -> list
                                                      layer.options[i].cost))
                 for layer, w in zip(layers, weights, strict=True)]
 
-    def total(choice: list[int]) -> float:
-        return sum(layer.options[i].cost for layer, i in zip(layers, choice, strict=True))
-
     lo, hi = 0.0, max(max(weights), 1e-12)
     for _ in range(200):  # a large enough lambda takes every layer's cheapest option
-        if total(pick(hi)) <= budget:
+        if _total_cost(layers, pick(hi)) <= budget:
             break
         hi *= 4
     for _ in range(60):
         mid = (lo + hi) / 2
-        if total(pick(mid)) > budget:
+        if _total_cost(layers, pick(mid)) > budget:
             lo = mid
         else:
             hi = mid
     choice = pick(hi)
     # spend what is left: the upgrade with the largest error reduction per unit of cost
     while True:
-        spare = budget - total(choice)
+        spare = budget - _total_cost(layers, choice)
         best, best_gain = None, 0.0
         for li, (layer, w) in enumerate(zip(layers, weights, strict=True)):
             now = layer.options[choice[li]]
@@ -199,13 +201,10 @@ def _uniform(layers: list[_Layer], budget: float) -> list[int]:
                                 key=lambda i, layer=layer: layer.options[i].cost))
         return out
 
-    def total(choice: list[int]) -> float:
-        return sum(layer.options[i].cost for layer, i in zip(layers, choice, strict=True))
-
     lo, hi = 0.0, 1.0
     for _ in range(50):
         mid = (lo + hi) / 2
-        if total(pick(mid)) > budget:
+        if _total_cost(layers, pick(mid)) > budget:
             hi = mid
         else:
             lo = mid

@@ -82,6 +82,12 @@ def _check_one_of(config: Any, keys: tuple[str, ...], technique: str,
                           + (f" (got {', '.join(given)})" if given else ""))
 
 
+def _check_budget(config: Any, technique: str) -> None:
+    """A ``budget`` (a fraction in (0, 1]) and its ``budget_metric`` (macs | params)."""
+    check_energy(config.budget, technique, "budget")
+    check_choice(config.budget_metric, METRICS, technique, "budget_metric")
+
+
 def _budget_rank(budget: float, metric: str, g: ConvGeometry, max_rank: int,
                  cost: Callable[[ConvGeometry, Any], tuple[int, int]], rank_at: Callable[[int],
                                                                                          Any],
@@ -145,8 +151,7 @@ class SVDConfig:
         if self.rank is not None:
             check_rank_option(self.rank, name)
         check_energy(self.energy, name)
-        check_energy(self.budget, name, "budget")
-        check_choice(self.budget_metric, METRICS, name, "budget_metric")
+        _check_budget(self, name)
         normalise_layers(self, name, per_layer="rank", verb="factorize")
 
 
@@ -245,8 +250,7 @@ class Tucker2Config:
                                       f"number for both, got {list(v)}")
         if not self.vbmf_scale > 0:
             raise ConfigError(f"{name}: vbmf_scale must be > 0, got {self.vbmf_scale}")
-        check_energy(self.budget, name, "budget")
-        check_choice(self.budget_metric, METRICS, name, "budget_metric")
+        _check_budget(self, name)
         if self.n_iter_max < 1:
             raise ConfigError(f"{name}: n_iter_max must be >= 1, got {self.n_iter_max}")
         normalise_layers(self, name, per_layer="ranks", verb="factorize")
@@ -321,8 +325,7 @@ class CPConfig:
         _check_one_of(self, ("rank", "budget"), name)
         if self.rank is not None:
             check_rank_option(self.rank, name)
-        check_energy(self.budget, name, "budget")
-        check_choice(self.budget_metric, METRICS, name, "budget_metric")
+        _check_budget(self, name)
         if self.n_iter_max < 1 or not self.tol > 0:
             raise ConfigError(f"{name}: n_iter_max must be >= 1 and tol > 0")
         normalise_layers(self, name, per_layer="rank", verb="factorize")
@@ -389,8 +392,7 @@ class SeparableConfig:
         _check_one_of(self, ("rank", "budget"), name)
         if self.rank is not None:
             check_rank_option(self.rank, name)
-        check_energy(self.budget, name, "budget")
-        check_choice(self.budget_metric, METRICS, name, "budget_metric")
+        _check_budget(self, name)
         check_choice(self.fit, FITS, name, "fit")
         if self.samples < 1 or self.steps < 0:
             raise ConfigError(f"{name}: samples must be >= 1 and steps >= 0")
