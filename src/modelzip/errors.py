@@ -27,6 +27,13 @@ class ConfigError(ModelzipError):
     """A configuration value is out of range or unknown."""
 
 
+def check_choice(value: object, allowed: tuple[str, ...], where: str, key: str) -> None:
+    """Refuse a ``key`` whose ``value`` is not one of ``allowed``, in one ConfigError that
+    names them (``where: key must be one of ..., got ...``)."""
+    if value not in allowed:
+        raise ConfigError(f"{where}: {key} must be one of {', '.join(allowed)}, got {value!r}")
+
+
 class ArtifactError(ModelzipError):
     """A .mzip artifact is damaged, hostile or inconsistent, or cannot be written."""
 

@@ -18,7 +18,7 @@ from modelzip.finetune import FinetuneConfig, resolve_finetune
 from modelzip.lowrank.surgery import SUPPORTED, ConvGeometry, conv_geometry, supports
 from modelzip.registry import Context
 
-__all__ = ["check_choice", "check_energy", "check_rank_option", "finish", "geometries",
+__all__ = ["check_energy", "check_rank_option", "finish", "geometries",
            "pick_layers", "rank_of"]
 
 
@@ -38,12 +38,6 @@ def check_rank_option(value: Any, technique: str, key: str = "rank") -> None:
 def check_energy(value: float | None, technique: str, key: str = "energy") -> None:
     if value is not None and not 0 < value <= 1:
         raise ConfigError(f"{technique}: {key} must be in (0, 1], got {value}")
-
-
-def check_choice(value: str, allowed: tuple[str, ...], technique: str, key: str) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{technique}: {key} must be one of {', '.join(allowed)}, got "
-                          f"{value!r}")
 
 
 def pick_layers(model: nn.Module, method: str, selector: LayerSelector | None,

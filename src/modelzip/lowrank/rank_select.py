@@ -35,9 +35,9 @@ from torch import nn
 
 from modelzip.core.registry import normalise_layers
 from modelzip.core.selection import LayerSelector
-from modelzip.errors import ConfigError
+from modelzip.errors import ConfigError, check_choice
 from modelzip.finetune import FinetuneConfig
-from modelzip.lowrank.common import check_choice, finish, geometries, pick_layers, profile_before
+from modelzip.lowrank.common import finish, geometries, pick_layers, profile_before
 from modelzip.lowrank.decompose import singular_values, svd_factors, tucker2
 from modelzip.lowrank.surgery import (
     ConvGeometry,

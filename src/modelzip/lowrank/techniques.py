@@ -24,10 +24,9 @@ from torch import nn
 from modelzip.core.dataset import call_model, first_batch_inputs
 from modelzip.core.registry import normalise_layers
 from modelzip.core.selection import LayerSelector
-from modelzip.errors import ConfigError
+from modelzip.errors import ConfigError, check_choice
 from modelzip.finetune import FinetuneConfig
 from modelzip.lowrank.common import (
-    check_choice,
     check_energy,
     check_rank_option,
     finish,

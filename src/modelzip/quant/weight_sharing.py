@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from modelzip.core.selection import LayerSelector
-from modelzip.errors import ConfigError
+from modelzip.errors import ConfigError, check_choice
 from modelzip.finetune import FinetuneConfig, resolve_finetune
 from modelzip.prune.masks import MaskKeeper
 from modelzip.quant.grid import clear_grid_hint
@@ -88,12 +88,8 @@ class WeightSharingConfig:
                 where = f" of layer {layer!r}" if layer else ""
                 raise ConfigError(f"{name}: bits{where} must be an integer from {MIN_BITS} to "
                                   f"{MAX_BITS}, got {bits!r}")
-        if self.init not in INITS:
-            raise ConfigError(f"{name}: init must be one of {', '.join(INITS)}, got "
-                              f"{self.init!r}")
-        if self.method not in METHODS:
-            raise ConfigError(f"{name}: method must be one of {', '.join(METHODS)}, got "
-                              f"{self.method!r}")
+        check_choice(self.init, INITS, name, "init")
+        check_choice(self.method, METHODS, name, "method")
         if isinstance(self.iters, bool) or not isinstance(self.iters, int) or self.iters < 0:
             raise ConfigError(f"{name}: iters must be an integer >= 0, got {self.iters!r}")
         normalise_layers(self, name)

@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from modelzip.errors import ConfigError
+from modelzip.errors import ConfigError, check_choice
 
 __all__ = ["PRUNE_METHODS", "QUANT_METHODS", "Choice", "SearchSpace", "default_layers"]
 
@@ -91,15 +91,9 @@ class SearchSpace:
     def __post_init__(self) -> None:
         if not self.layers:
             raise ConfigError("the search space has no layers to compress")
-        if self.prune not in PRUNE_METHODS:
-            raise ConfigError(f"search space: prune must be one of {', '.join(PRUNE_METHODS)}, "
-                              f"got {self.prune!r}")
-        if self.quantize not in QUANT_METHODS:
-            raise ConfigError(f"search space: quantize must be one of "
-                              f"{', '.join(QUANT_METHODS)}, got {self.quantize!r}")
-        if self.format not in FORMATS:
-            raise ConfigError(f"search space: format must be one of {', '.join(FORMATS)}, got "
-                              f"{self.format!r}")
+        check_choice(self.prune, PRUNE_METHODS, "search space", "prune")
+        check_choice(self.quantize, QUANT_METHODS, "search space", "quantize")
+        check_choice(self.format, FORMATS, "search space", "format")
         top = 0.9 if self.prune == "l1-filter" else 0.99
         if not 0 < self.max_ratio <= top or not 0 < self.ratio_step <= self.max_ratio:
             raise ConfigError(f"search space: need 0 < ratio_step <= max_ratio <= {top}, got "
