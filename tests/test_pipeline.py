@@ -71,6 +71,18 @@ def test_result_is_plain_data_and_settings_are_recorded() -> None:
     assert [r["step"] for r in doc["records"]] == ["magnitude", "finetune"]
 
 
+def test_distilling_from_the_original_leaves_the_input_model_as_it_was() -> None:
+    model = build_model("lenet5").eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = modelzip.compress(
+        model, {"steps": [{"magnitude": {"sparsity": 0.5}}, {"finetune": {
+            "epochs": 1, "lr": 0.01, "distill": {"teacher": "original", "T": 4.0}}}]},
+        data=_images(64), val_data=_images(32, 1), progress=False)
+    assert any(not torch.equal(result.model.state_dict()[k], v) for k, v in before.items())
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def test_a_user_model_without_builder_reads_back_onto_itself() -> None:
     class Mine(nn.Module):
         def __init__(self) -> None:

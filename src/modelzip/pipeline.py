@@ -323,8 +323,10 @@ def compress(model: nn.Module, recipe: Any = None, *, target: Any = None,
     if ctx.example_inputs is None:
         ctx.example_inputs = _zoo_example(model)
     model = model.eval()
-    if ctx.original_model is None:  # distillation's teacher "original": a frozen copy
-        ctx.original_model = copy.deepcopy(model).requires_grad_(False)
+    if ctx.original_model is None:
+        # distillation's teacher "original": every recipe step works on a copy, so the input
+        # model stays as it was and needs no copy of its own (teachers run under no_grad)
+        ctx.original_model = model
     before = _profile(model, ctx.example_inputs)
     test_before = ctx.evaluate(model, ctx.test_data) if ctx.test_data is not None else None
     val_before = ctx.val_error(model)
