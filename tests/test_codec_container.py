@@ -28,13 +28,16 @@ from modelzip.codec.artifact import (
     summarize_artifact,
     write_artifact,
 )
+from modelzip.codec.bits import encode_varints
 from modelzip.codec.container import (
+    FORMAT_VERSION,
     HEADER_SIZE,
     MAGIC,
     SHA_SIZE,
     read_container,
     write_container,
 )
+from modelzip.codec.manifest import decode_value, encode_value
 from modelzip.errors import ArtifactError, ModelzipError
 
 
@@ -140,9 +143,13 @@ def test_same_inputs_same_bytes(small: bytes) -> None:
 
 def test_header_and_manifest_layout(small: bytes) -> None:
     assert small[:4] == MAGIC
-    assert struct.unpack_from("<H", small, 4)[0] == 2
+    assert struct.unpack_from("<H", small, 4)[0] == FORMAT_VERSION == 3
     assert hashlib.sha256(small[:-SHA_SIZE]).digest() == small[-SHA_SIZE:]
     layout = read_container(small)
+    # flags byte, then the varints M and C: the header is 9 to 11 bytes for small files
+    assert layout.header_size == 7 + len(encode_varints([layout.manifest_size])) + \
+        len(encode_varints([len(small) - layout.header_size - layout.manifest_size - SHA_SIZE]))
+    assert layout.header_size < HEADER_SIZE
     names = [name for name, _, _ in layout.manifest["chunks"]]
     assert names == sorted(n for n in names if n.startswith("tensor:")) + \
         sorted(n for n in names if n.startswith("blob:"))
@@ -153,12 +160,16 @@ def test_header_and_manifest_layout(small: bytes) -> None:
 
 def test_manifest_is_deflated_only_when_smaller() -> None:
     tiny = write_container({"n": 1}, [])
-    assert struct.unpack_from("<H", tiny, 6)[0] == 0  # plain JSON: deflate would not help
-    assert json.loads(tiny[HEADER_SIZE:len(tiny) - SHA_SIZE]) == {"chunks": [], "n": 1}
+    assert tiny[6] == 0  # the compact manifest as it is: deflate would not help
+    assert decode_value(tiny[9:len(tiny) - SHA_SIZE]) == {"chunks": [], "n": 1}
+    assert tiny[7:9] == bytes([len(tiny) - 9 - SHA_SIZE, 0])  # M, C = 0
+    tiny2 = write_container({"n": 1}, [], version=2)
+    assert struct.unpack_from("<H", tiny2, 6)[0] == 0  # plain JSON
+    assert json.loads(tiny2[HEADER_SIZE:len(tiny2) - SHA_SIZE]) == {"chunks": [], "n": 1}
     many = write_artifact({f"layer{i}.running_mean": np.zeros(4, np.float32) for i in range(40)})
-    assert struct.unpack_from("<H", many, 6)[0] == 1
+    assert many[6] == 1
     layout = read_container(many)
-    assert layout.manifest_size < layout.manifest_json_size / 3
+    assert layout.manifest_size < layout.manifest_json_size / 5
 
 
 def test_describe(small: bytes) -> None:
@@ -232,8 +243,11 @@ def test_bad_inputs_to_the_writer() -> None:
 
 # ---------------------------------------------------------------------------- damaged files
 def test_shorter_than_the_header() -> None:
-    for data in (b"", b"MZ", MAGIC + b"\x01\x00"):
-        refused(data, "shorter than the 20-byte .mzip header")
+    for data in (b"", b"MZ", MAGIC + b"\x03\x00"):
+        refused(data, "shorter than the smallest .mzip header")
+    refused(MAGIC + b"\x02\x00" + bytes(10), "shorter than the 20-byte header of format "
+                                             "version 2")
+    refused(MAGIC + b"\x03\x00\x00" + b"\xff" * 20, "the manifest length is longer than")
 
 
 def test_wrong_magic(small: bytes) -> None:
@@ -244,12 +258,13 @@ def test_wrong_magic(small: bytes) -> None:
 def test_unknown_version_names_the_known_ones(small: bytes) -> None:
     data = bytearray(small)
     struct.pack_into("<H", data, 4, 7)
-    refused(bytes(data), "format version 7 is not supported", "knows version(s) 1")
+    refused(bytes(data), "format version 7 is not supported", "knows version(s) 1, 2, 3")
     # also with a correct SHA-256: the version is checked first either way
-    header = struct.unpack_from("<4sHHIQ", small, 0)
-    body = small[HEADER_SIZE:-SHA_SIZE]
-    refused(assemble((MAGIC, 3, *header[2:]), body[:header[3]], body[header[3]:]),
-            "format version 3")
+    v2 = write_container({"tensors": {}, "blobs": []}, [], version=2)
+    header = struct.unpack_from("<4sHHIQ", v2, 0)
+    body = v2[HEADER_SIZE:-SHA_SIZE]
+    refused(assemble((MAGIC, 4, *header[2:]), body[:header[3]], body[header[3]:]),
+            "format version 4")
 
 
 def test_unknown_flags(small: bytes) -> None:
@@ -307,7 +322,7 @@ def test_declared_sizes_beyond_the_file_fail_before_allocating(small: bytes) -> 
 
 def test_crc_mismatch_names_the_tensor(small: bytes) -> None:
     layout = read_container(small)
-    offset = HEADER_SIZE + layout.manifest_size
+    offset = layout.header_size + layout.manifest_size
     for name, length, _ in layout.manifest["chunks"]:
         if name == "tensor:fc.weight":
             break
@@ -616,3 +631,105 @@ def test_a_file_from_before_grids_still_reads() -> None:
     assert set(np.unique(w).tolist()) == {0.0, *levels.tolist()}
     assert {r["name"]: r["value_coding"] for r in describe_artifact(data)} == \
         {"b": "plain", "n": "plain", "w": "codebook"}
+
+
+# ---------------------------------------------------------------------------- version 3
+finite_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=finite_json_values)
+def test_compact_manifest_round_trips_any_json_value(value: Any) -> None:
+    data = encode_value(value)
+    assert decode_value(data) == json.loads(json.dumps(value))
+    assert encode_value(value) == data  # canonical
+
+
+def test_compact_manifest_details() -> None:
+    # floats keep their exact bits, in the shortest form
+    for x in (0.1307, -0.0, 5.0, 1e300, 2.5e-310, -123456.789, 1 / 3):
+        back = decode_value(encode_value(x))
+        assert struct.pack("<d", back) == struct.pack("<d", x)
+    assert len(encode_value(0.1307)) == 4 and len(encode_value(1 / 3)) == 9
+    assert len(encode_value(3_000_000_000)) == 5  # a CRC32: tag + 4 bytes
+    assert decode_value(encode_value({2: "a", False: 0, None: 1.5})) == \
+        {"2": "a", "false": 0, "null": 1.5}
+    # repeated keys, strings and key lists cost a byte
+    entry = {"bytes": 80, "coder": "plain"}
+    one, two = encode_value([entry]), encode_value([entry, entry])
+    assert len(two) - len(one) == 3  # shape tag + two small integers
+    named = encode_value({"chunks": [["tensor:fc.weight", 1, 2]],
+                          "tensors": {"fc.weight": {}}})
+    assert named.count(b"fc.weight") == 1
+
+
+@pytest.mark.parametrize("value", [float("inf"), {"a": np.zeros(2)}, {(1, 2): 3}, "\ud800",
+                                   {"1": 0, 1: 0}])
+def test_compact_manifest_refuses_what_json_cannot_hold(value: Any) -> None:
+    with pytest.raises(ArtifactError, match="manifest"):
+        encode_value(value)
+
+
+@pytest.mark.parametrize(("data", "needle"), [
+    (b"", "truncated"), (b"\x0f", "truncated"), (b"\x3f", "more than the bytes left"),
+    (b"\x4f\x00", "follow the value"), (b"\x0b\x70", "not in the table"),
+    (b"\x70", "shape #0 is not in the table"), (b"\x12\xff\xfe", "not UTF-8"),
+    (b"\x31\x80\x80", "a string was expected"), (b"\x32\x40\x80\x40\x80", "repeats the key"),
+    (b"\x03" + struct.pack("<d", float("inf")), "not finite"),
+    (b"\x06" + b"\xff" * 9, "longer than 9 bytes"), (b"\x21" * 100 + b"\x80", "deeper"),
+    (b"\x04\x01\xff\x7f", "exponent"), (b"\x0c\xff\xff\xff\x7f", "runs past the end"),
+])
+def test_compact_manifest_refuses_malformed_bytes(data: bytes, needle: str) -> None:
+    with pytest.raises(ArtifactError, match=needle):
+        decode_value(data)
+
+
+def test_version_2_files_are_still_written_on_request_and_read(larger: bytes) -> None:
+    layout = read_container(larger)
+    manifest = {k: v for k, v in layout.manifest.items() if k != "chunks"}
+    chunks = [(n, bytes(c)) for n, c in layout.chunks.items()]
+    v2 = write_container(manifest, chunks, version=2)
+    assert struct.unpack_from("<H", v2, 4)[0] == 2 and len(v2) > len(larger)
+    old = read_container(v2)
+    assert old.version == 2 and old.header_size == HEADER_SIZE
+    assert old.manifest == layout.manifest
+    got, want = read_artifact(v2).tensors, read_artifact(larger).tensors
+    assert all(got[k].tobytes() == want[k].tobytes() for k in want)
+    with pytest.raises(ValueError, match="can write format versions"):
+        write_container(manifest, chunks, version=1)
+
+
+def test_committed_version_1_files_still_read() -> None:
+    root = Path(__file__).resolve().parents[1] / "bench" / "results" / "mzip"
+    files = sorted(root.glob("*.mzip"))[:2]
+    if not files:
+        pytest.skip("no committed .mzip files")
+    for path in files:
+        layout = read_container(path.read_bytes())
+        assert layout.version in (1, 2) and read_artifact_file(path).tensors
+
+
+def test_signed_and_fec_version_3_files(tmp_path: Path, small: bytes) -> None:
+    from modelzip.codec.artifact import protect_artifact
+    from modelzip.flight.sign import generate_keys, load_trusted_keys
+
+    key, public = generate_keys(tmp_path)
+    trusted = load_trusted_keys([public])
+    signed = protect_artifact(small, sign=key)
+    assert signed[6] == 3 and read_artifact(signed, trusted_keys=trusted).signer == trusted[0]
+    for i in range(0, len(signed), 7):  # any flipped byte of a signed file is refused
+        data = bytearray(signed)
+        data[i] ^= 0x10
+        with pytest.raises(ArtifactError):
+            read_artifact(bytes(data), trusted_keys=trusted)
+    with pytest.raises(ArtifactError, match="not signed"):
+        read_artifact(small, trusted_keys=trusted)
+    protected = bytearray(protect_artifact(small, fec=0.1, sign=key))
+    protected[100] ^= 0xFF  # one damaged byte: corrected by the parity
+    art = read_artifact(bytes(protected), trusted_keys=trusted)
+    assert art.fec.corrected_bytes >= 1 and art.blobs == small_inputs()["blobs"]

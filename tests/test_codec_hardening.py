@@ -39,9 +39,9 @@ def recompute_tensor_crc(entry: dict[str, Any], array: np.ndarray, name: str) ->
     entry["tensor_crc32"] = tensor_crc32(bits, entry["dtype"], entry["shape"], name)
 
 
-def test_writer_uses_format_2_with_dtype_and_shape_in_the_crc() -> None:
+def test_writer_uses_format_3_with_dtype_and_shape_in_the_crc() -> None:
     blob = write_artifact({"w": np.arange(6, dtype=np.float32).reshape(2, 3)})
-    assert int.from_bytes(blob[4:6], "little") == FORMAT_VERSION == 2
+    assert int.from_bytes(blob[4:6], "little") == FORMAT_VERSION == 3
     entry = read_container(blob).manifest["tensors"]["w"]
     assert "decoded_crc32" not in entry
     raw = np.arange(6, dtype="<f4").tobytes()
@@ -84,7 +84,7 @@ def test_a_version_1_entry_in_a_version_2_file_is_refused() -> None:
         del entry["tensor_crc32"]
         entry["decoded_crc32"] = zlib.crc32(array.astype("<f4").tobytes())
 
-    with pytest.raises(ArtifactError, match="format version 2 file checks tensors with "
+    with pytest.raises(ArtifactError, match="format version 3 file checks tensors with "
                                             "'tensor_crc32'"):
         read_artifact(reforge(blob, edit))
 
@@ -240,7 +240,8 @@ def test_version_1_files_still_read() -> None:
     entry = manifest["tensors"]["w"]
     del entry["tensor_crc32"]
     entry["decoded_crc32"] = zlib.crc32(array.astype("<i2").tobytes())
-    v2 = bytearray(write_container(manifest, [(n, bytes(d)) for n, d in layout.chunks.items()]))
+    v2 = bytearray(write_container(manifest, [(n, bytes(d)) for n, d in layout.chunks.items()],
+                                   version=2))
     v2[4:6] = (1).to_bytes(2, "little")
     import hashlib
 

@@ -163,20 +163,107 @@ def rans_decode(data: bytes, count: int) -> list[int]:
 CODERS = {"raw": raw_decode, "huffman": huffman_decode, "rans": rans_decode}
 
 
+# ---------------------------------------------------------------------------- manifest
+def static_strings() -> list[str]:
+    """The string table's start, as docs/FORMAT.md lists it."""
+    block = re.search(r"```strings\n(.*?)```", FORMAT_MD.read_text(encoding="utf-8"), re.S)
+    assert block, "docs/FORMAT.md has no ```strings block"
+    return [line.split(maxsplit=1)[1] for line in block.group(1).splitlines() if line.strip()]
+
+
+def compact_manifest(buf: bytes) -> Any:
+    """The version 3 manifest encoding, section 3.1."""
+    strings, shapes, pos = static_strings(), [], 0
+
+    def take(n: int) -> bytes:
+        nonlocal pos
+        if pos + n > len(buf):
+            raise Corrupt("manifest: truncated")
+        pos += n
+        return buf[pos - n:pos]
+
+    def number() -> int:
+        nonlocal pos
+        value, pos = varint(buf, pos)
+        return value
+
+    def string(tag: int) -> str:
+        if 0x40 <= tag < 0x70:
+            return strings[tag - 0x40]
+        if tag == 0x0B:
+            return strings[number()]
+        if tag == 0x0F:
+            s = string(take(1)[0])
+            s += string(take(1)[0])
+        else:
+            s = take(tag - 0x10 if 0x10 <= tag < 0x20 else number()).decode("utf-8")
+        strings.append(s)
+        return s
+
+    def value() -> Any:
+        tag = take(1)[0]
+        if tag >= 0x80:
+            return tag - 0x80
+        if 0x70 <= tag < 0x80:
+            return {key: value() for key in shapes[tag - 0x70]}
+        if 0x30 <= tag < 0x40 or tag == 0x0E:
+            n = tag - 0x30 if tag != 0x0E else number()
+            out = {}
+            for _ in range(n):
+                key = string(take(1)[0])
+                out[key] = value()
+            if out and tuple(out) not in shapes:
+                shapes.append(tuple(out))
+            return out
+        if 0x20 <= tag < 0x30 or tag == 0x0D:
+            return [value() for _ in range(tag - 0x20 if tag != 0x0D else number())]
+        if tag >= 0x10 or tag in (0x0B, 0x0C, 0x0F):
+            return string(tag)
+        if tag <= 2:
+            return [None, False, True][tag]
+        if tag == 3:
+            return struct.unpack("<d", take(8))[0]
+        if tag in (4, 5):
+            m, e = number(), number()
+            e = e // 2 if e % 2 == 0 else -(e + 1) // 2
+            return float(f"{'-' if tag == 5 else ''}{m}e{e}")
+        if tag == 6:
+            return number()
+        if tag == 7:
+            return -number() - 1
+        if tag == 8:
+            return struct.unpack("<I", take(4))[0]
+        magnitude = int.from_bytes(take(number()), "little")
+        return magnitude if tag == 9 else -magnitude
+
+    out = value()
+    assert pos == len(buf)
+    return out
+
+
 # ---------------------------------------------------------------------------- file
 def decode_file(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
     if b"MZFC" in (data[0:4], data[20:24], data[40:44]):
         data = strip_fec(data)
-    magic, version, flags, m_len, c_len = struct.unpack_from("<4sHHIQ", data, 0)
-    assert magic == b"MZIP" and version in (1, 2) and flags & ~3 == 0
+    magic, version = struct.unpack_from("<4sH", data, 0)
+    assert magic == b"MZIP" and version in (1, 2, 3)
+    if version == 3:
+        flags = data[6]
+        m_len, pos = varint(data, 7)
+        c_len, head = varint(data, pos)
+    else:
+        _, _, flags, m_len, c_len = struct.unpack_from("<4sHHIQ", data, 0)
+        head = 20
+    assert flags & ~3 == 0
     if flags & 2:  # signed: public key and signature after the SHA-256
-        assert len(data) == 20 + m_len + c_len + 32 + 96
+        assert len(data) == head + m_len + c_len + 32 + 96
         data = data[:-96]
-    assert len(data) == 20 + m_len + c_len + 32
+    assert len(data) == head + m_len + c_len + 32
     assert hashlib.sha256(data[:-32]).digest() == data[-32:]
-    raw = data[20:20 + m_len]
-    manifest = json.loads(zlib.decompress(raw, wbits=-15) if flags & 1 else raw)
-    chunks, pos = {}, 20 + m_len
+    raw = data[head:head + m_len]
+    raw = zlib.decompress(raw, wbits=-15) if flags & 1 else raw
+    manifest = json.loads(raw) if version < 3 else compact_manifest(raw)
+    chunks, pos = {}, head + m_len
     for name, length, crc in manifest["chunks"]:
         chunks[name] = data[pos:pos + length]
         assert zlib.crc32(chunks[name]) == crc
@@ -398,3 +485,19 @@ def test_fec_parity_is_the_documented_reed_solomon_code() -> None:
                 value = gf_mul(value, root) ^ byte
             assert value == 0
             root = gf_mul(root, 2)
+
+
+def test_independent_decoder_reads_the_compact_manifest_of_version_3() -> None:
+    from modelzip.codec.manifest import STATIC_STRINGS
+
+    assert static_strings() == list(STATIC_STRINGS)
+    meta = {"mean": [0.1307, -0.0, 1e300, 1 / 3], "big": [2**70, -(2**70), -5, 3_000_000_000],
+            "flags": [True, False, None], "names": ["tensor:x", "é" * 20, ""],
+            "deep": {"a": {"b": [{"c": 1}, {"c": 2}, {"c": 3}]}}, "many": list(range(40)),
+            "wide": {f"k{i}": i for i in range(20)}}
+    data = write_artifact(arrays(), meta=meta, model={"zoo": "lenet5", "kwargs": {}})
+    assert int.from_bytes(data[4:6], "little") == 3
+    manifest, tensors, _ = decode_file(data)
+    art = read_artifact(data)
+    assert manifest == art.manifest and manifest["meta"] == meta
+    assert all(tensors[k].tobytes() == art.tensors[k].tobytes() for k in tensors)

@@ -1,20 +1,23 @@
-"""The .mzip container: a header, a JSON manifest, named chunks, and a SHA-256.
+"""The .mzip container: a header, a manifest, named chunks, and a SHA-256.
 
-Layout (integers little-endian)::
+Format version 3 (written; integers little-endian, varints unsigned LEB128)::
 
-    offset  size  field
-    0       4     magic b"MZIP"
-    4       2     format version (uint16): 2 (1: tensors' CRC32 without dtype and shape)
-    6       2     flags (uint16); bit 0: the manifest is deflated (raw DEFLATE, RFC 1951);
-                  bit 1: a signature block follows the SHA-256
-    8       4     manifest length M in bytes, as stored (uint32)
-    12      8     chunk area length C in bytes (uint64)
-    20      M     manifest: UTF-8 JSON, keys sorted, no whitespace; deflated when that is
-                  smaller (its keys and tensor names repeat: typically 5-6x smaller)
-    20+M    C     chunks, back to back, in the order of manifest["chunks"]
-    20+M+C  32    SHA-256 of all the bytes before it
-    52+M+C  96    (signed files only) the signer's Ed25519 public key (32 bytes, raw) and the
-                  Ed25519 signature (64 bytes) of all the bytes before the block
+    size  field
+    4     magic b"MZIP"
+    2     format version (uint16): 3
+    1     flags; bit 0: the manifest is deflated (raw DEFLATE, RFC 1951); bit 1: a signature
+          block follows the SHA-256
+    1-9   M: manifest length in bytes as stored (varint)
+    1-9   C: chunk area length in bytes (varint)
+    M     manifest: the compact binary encoding of manifest.py, deflated when that is smaller
+    C     chunks, back to back, in the order of manifest["chunks"]
+    32    SHA-256 of all the bytes before it
+    96    (signed files only) the signer's Ed25519 public key (32 bytes, raw) and the
+          Ed25519 signature (64 bytes) of all the bytes before the block
+
+Versions 1 and 2 (still read) have a fixed 20-byte header: magic, version (uint16), flags
+(uint16), M (uint32), C (uint64), and the manifest as UTF-8 JSON, keys sorted, no
+whitespace, deflated when that is smaller. The flags sit in byte 6 in every version.
 
 ``manifest["chunks"]`` lists every chunk as ``[name, length, crc32]``, in file order; what
 the chunks mean is up to the caller (see artifact.py). ``read_container`` checks, in this order, and
@@ -22,7 +25,7 @@ raises ``ArtifactError`` naming the check that failed: the header's length, the 
 version, the declared sizes against the file's size (before allocating anything), the
 signature (when trusted keys are given: an unsigned file, or one signed by another key or
 whose signature does not verify, is refused here, before anything else is read), the
-SHA-256, the manifest's JSON and chunk table, and each chunk's CRC32.
+SHA-256, the manifest's encoding and chunk table, and each chunk's CRC32.
 
 The SHA-256 and CRC32s stop accidents, not a forger (who can recompute them); the signature
 stops a forger, for readers that are given the trusted public keys.
@@ -37,15 +40,19 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from modelzip.codec.bits import encode_varints
+from modelzip.codec.manifest import decode_value, encode_value
 from modelzip.errors import ArtifactError, ConfigError
 
 __all__ = [
     "FORMAT_VERSION",
     "HEADER_SIZE",
     "MAGIC",
+    "MIN_HEADER_SIZE",
     "SHA_SIZE",
     "SIGNATURE_BLOCK_SIZE",
     "SUPPORTED_VERSIONS",
+    "WRITABLE_VERSIONS",
     "ContainerLayout",
     "add_signature",
     "read_container",
@@ -54,10 +61,14 @@ __all__ = [
 ]
 
 MAGIC = b"MZIP"
-FORMAT_VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
-_HEADER = struct.Struct("<4sHHIQ")
-HEADER_SIZE = _HEADER.size  # 20
+FORMAT_VERSION = 3
+SUPPORTED_VERSIONS = (1, 2, 3)
+WRITABLE_VERSIONS = (2, 3)
+_HEADER = struct.Struct("<4sHHIQ")  # versions 1 and 2
+HEADER_SIZE = _HEADER.size  # 20: versions 1 and 2
+_PREFIX = struct.Struct("<4sHB")  # version 3: magic, version, flags; then varints M and C
+MIN_HEADER_SIZE = _PREFIX.size + 2  # 9: version 3 with M, C < 128
+MAX_HEADER_VARINT = 9
 SHA_SIZE = 32
 PUBLIC_KEY_SIZE = 32
 SIGNATURE_SIZE = 64
@@ -82,24 +93,62 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     return text.encode("utf-8")
 
 
-def write_container(manifest: dict[str, Any], chunks: list[tuple[str, bytes]]) -> bytes:
+def write_container(manifest: dict[str, Any], chunks: list[tuple[str, bytes]], *,
+                    version: int = FORMAT_VERSION) -> bytes:
     """Serialize: ``manifest`` (without "chunks", which this adds) and the named chunks, in
-    the given order."""
+    the given order. ``version``: 3 (compact) or 2 (the JSON manifest, for older readers)."""
     if "chunks" in manifest:
         raise ValueError("the manifest's chunk table is written by write_container")
+    if version not in WRITABLE_VERSIONS:
+        raise ValueError(f"can write format versions {WRITABLE_VERSIONS}, not {version}")
     names = [name for name, _ in chunks]
     if len(set(names)) != len(names):
         raise ValueError("chunk names must be unique")
     table = [[name, len(data), zlib.crc32(data)] for name, data in chunks]
-    text = manifest_bytes({**manifest, "chunks": table})
+    full = {**manifest, "chunks": table}
+    text = manifest_bytes(full) if version == 2 else encode_value(full)
     deflated = zlib.compress(text, level=9, wbits=-15)
     flags = 0
     if len(deflated) < len(text):
         text, flags = deflated, FLAG_DEFLATED
     body = b"".join(data for _, data in chunks)
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, flags, len(text), len(body))
+    if version == 2:
+        header = _HEADER.pack(MAGIC, version, flags, len(text), len(body))
+    else:
+        header = _PREFIX.pack(MAGIC, version, flags) + encode_varints([len(text), len(body)])
     blob = header + text + body
     return blob + hashlib.sha256(blob).digest()
+
+
+def _read_varint(view: memoryview, pos: int, what: str) -> tuple[int, int]:
+    value = shift = 0
+    for _ in range(MAX_HEADER_VARINT):
+        if pos >= len(view):
+            raise ArtifactError(f"the header ends inside {what} (truncated, or not a .mzip "
+                                "file)")
+        byte = view[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise ArtifactError(f"header: {what} is longer than {MAX_HEADER_VARINT} bytes; the file "
+                        "is corrupt")
+
+
+def _header(view: memoryview) -> tuple[int, int, int, int, int]:
+    """(version, flags, M, C, header size) of a file whose magic and version were read."""
+    version = int.from_bytes(view[4:6], "little")
+    if version in (1, 2):
+        if len(view) < HEADER_SIZE:
+            raise ArtifactError(f"file is {len(view)} bytes, shorter than the {HEADER_SIZE}-"
+                                f"byte header of format version {version} (truncated)")
+        _, _, flags, m, c = _HEADER.unpack_from(view, 0)
+        return version, flags, m, c, HEADER_SIZE
+    flags = view[6]
+    m, pos = _read_varint(view, _PREFIX.size, "the manifest length")
+    c, pos = _read_varint(view, pos, "the chunk area length")
+    return version, flags, m, c, pos
 
 
 def add_signature(blob: bytes, public_key: bytes, sign: Callable[[bytes], bytes]) -> bytes:
@@ -113,8 +162,7 @@ def add_signature(blob: bytes, public_key: bytes, sign: Callable[[bytes], bytes]
         raise ArtifactError(f"an Ed25519 public key is {PUBLIC_KEY_SIZE} bytes, got "
                             f"{len(public_key)}")
     data = bytearray(blob[:-SHA_SIZE])
-    magic, version, flags, m, c = _HEADER.unpack_from(data, 0)
-    _HEADER.pack_into(data, 0, magic, version, flags | FLAG_SIGNED, m, c)
+    data[6] |= FLAG_SIGNED  # the flags' low byte, in every version
     data += hashlib.sha256(data).digest()
     signature = sign(bytes(data))
     if len(signature) != SIGNATURE_SIZE:
@@ -127,10 +175,9 @@ def signature_of(data: bytes | bytearray | memoryview) -> tuple[bytes, bytes] | 
     """(public key, signature) of a signed container, None for an unsigned one; only the
     header is checked."""
     view = memoryview(data).cast("B")
-    if len(view) < HEADER_SIZE:
+    if len(view) < MIN_HEADER_SIZE + SHA_SIZE + SIGNATURE_BLOCK_SIZE:
         return None
-    _, _, flags, _, _ = _HEADER.unpack_from(view, 0)
-    if not flags & FLAG_SIGNED or len(view) < HEADER_SIZE + SHA_SIZE + SIGNATURE_BLOCK_SIZE:
+    if not view[6] & FLAG_SIGNED:
         return None
     block = bytes(view[len(view) - SIGNATURE_BLOCK_SIZE:])
     return block[:PUBLIC_KEY_SIZE], block[PUBLIC_KEY_SIZE:]
@@ -141,12 +188,13 @@ class ContainerLayout:
 
     def __init__(self, manifest: dict[str, Any], chunks: dict[str, memoryview],
                  manifest_size: int, manifest_json_size: int, file_size: int,
-                 signer: bytes | None = None, version: int = FORMAT_VERSION) -> None:
+                 signer: bytes | None = None, version: int = FORMAT_VERSION,
+                 header_size: int = HEADER_SIZE) -> None:
         self.manifest = manifest
         self.chunks = chunks
-        self.header_size = HEADER_SIZE
+        self.header_size = header_size
         self.manifest_size = manifest_size  # as stored
-        self.manifest_json_size = manifest_json_size  # inflated
+        self.manifest_json_size = manifest_json_size  # as canonical JSON
         self.checksum_size = SHA_SIZE
         self.signature_size = SIGNATURE_BLOCK_SIZE if signer is not None else 0
         self.file_size = file_size
@@ -214,16 +262,17 @@ def read_container(data: bytes | bytearray | memoryview, *,
     but not checked (the SHA-256 still is)."""
     view = memoryview(data).cast("B")
     size = len(view)
-    if size < HEADER_SIZE:
-        raise ArtifactError(f"file is {size} bytes, shorter than the {HEADER_SIZE}-byte .mzip "
-                            "header (truncated, or not a .mzip file)")
-    magic, version, flags, manifest_size, chunk_area = _HEADER.unpack_from(view, 0)
-    if magic != MAGIC:
-        raise ArtifactError(f"not a .mzip file (starts with {bytes(magic)!r}, expected "
+    if size < MIN_HEADER_SIZE:
+        raise ArtifactError(f"file is {size} bytes, shorter than the smallest .mzip header "
+                            f"({MIN_HEADER_SIZE} bytes): truncated, or not a .mzip file")
+    if bytes(view[:4]) != MAGIC:
+        raise ArtifactError(f"not a .mzip file (starts with {bytes(view[:4])!r}, expected "
                             f"{MAGIC!r})")
+    version = int.from_bytes(view[4:6], "little")
     if version not in SUPPORTED_VERSIONS:
         raise ArtifactError(f".mzip format version {version} is not supported; this reader "
                             f"knows version(s) {', '.join(map(str, SUPPORTED_VERSIONS))}")
+    version, flags, manifest_size, chunk_area, header_size = _header(view)
     if flags & ~KNOWN_FLAGS:
         raise ArtifactError(f"header has unknown flags {flags:#06x} (this reader knows "
                             f"{KNOWN_FLAGS:#06x}); the file is corrupt or from a newer "
@@ -232,7 +281,7 @@ def read_container(data: bytes | bytearray | memoryview, *,
         raise ArtifactError(f"header declares a manifest of {manifest_size:,} bytes, more than "
                             f"the limit of {MAX_MANIFEST_BYTES:,}; the file is corrupt")
     signed = bool(flags & FLAG_SIGNED)
-    declared = (HEADER_SIZE + manifest_size + chunk_area + SHA_SIZE
+    declared = (header_size + manifest_size + chunk_area + SHA_SIZE
                 + (SIGNATURE_BLOCK_SIZE if signed else 0))
     if declared > size:
         raise ArtifactError(f"header declares {declared:,} bytes (manifest {manifest_size:,}, "
@@ -246,16 +295,13 @@ def read_container(data: bytes | bytearray | memoryview, *,
     end = size - (SIGNATURE_BLOCK_SIZE if signed else 0)
     if hashlib.sha256(view[:end - SHA_SIZE]).digest() != view[end - SHA_SIZE:end]:
         raise ArtifactError("SHA-256 mismatch: the file is corrupted or truncated")
-    raw = bytes(view[HEADER_SIZE:HEADER_SIZE + manifest_size])
+    raw = bytes(view[header_size:header_size + manifest_size])
     if flags & FLAG_DEFLATED:
         raw = _inflate(raw)
-    try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ArtifactError(f"manifest is not valid UTF-8 JSON ({type(exc).__name__})") from None
+    manifest = _decode_manifest(raw, version)
     if not isinstance(manifest, dict):
         raise ArtifactError("manifest is not a JSON object")
-    offset = HEADER_SIZE + manifest_size
+    offset = header_size + manifest_size
     chunks = {}
     for name, length, crc in _check_chunk_table(manifest, chunk_area):
         chunk = view[offset:offset + length]
@@ -264,7 +310,21 @@ def read_container(data: bytes | bytearray | memoryview, *,
         chunks[name] = chunk
         offset += length
     signer = bytes(view[end:end + PUBLIC_KEY_SIZE]) if signed else None
-    return ContainerLayout(manifest, chunks, manifest_size, len(raw), size, signer, version)
+    json_size = len(raw) if version < 3 else len(manifest_bytes(manifest))
+    return ContainerLayout(manifest, chunks, manifest_size, json_size, size, signer, version,
+                           header_size)
+
+
+def _decode_manifest(raw: bytes, version: int) -> Any:
+    if version >= 3:
+        try:
+            return decode_value(raw)
+        except RecursionError:
+            raise ArtifactError("manifest nests too deeply") from None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ArtifactError(f"manifest is not valid UTF-8 JSON ({type(exc).__name__})") from None
 
 
 def _inflate(data: bytes) -> bytes:
