@@ -329,12 +329,63 @@ def load_checkpoint(directory: str | os.PathLike[str], model: nn.Module | None =
 
 
 def _grids_to_json(model: nn.Module) -> dict[str, Any]:
-    """The affine grids uniform quantization left on the model (plain module attributes, so
-    a reload would lose them and the .mzip would store the weights as floats again)."""
+    """The coding hints quantization left on the model (plain module attributes, so a reload
+    would lose them and the .mzip would store the weights as floats again)."""
     from modelzip.quant.grid import grid_hints
 
-    return {key: {k: v.tolist() if hasattr(v, "tolist") else v for k, v in hint.items()}
+    return {key: {k: _hint_value_to_json(v) for k, v in hint.items()}
             for key, hint in grid_hints(model).items()}
+
+
+_PACKED_ARRAY = "packed_array"  # a hint array too long for a JSON list (a Bloomier table, ...)
+_PACK_ABOVE = 64  # elements; shorter arrays (per-channel scales) stay readable lists
+_MAX_HINT_BYTES = 1 << 30
+
+
+def _hint_value_to_json(value: Any) -> Any:
+    import base64
+    import zlib
+
+    import numpy as np
+
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and \
+            value.size > _PACK_ABOVE:
+        data = np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<")).tobytes()
+        return {_PACKED_ARRAY: {"dtype": value.dtype.newbyteorder("<").str,
+                                "shape": list(value.shape),
+                                "zlib_base64": base64.b64encode(zlib.compress(data, 9)).decode()}}
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+def _hint_value_from_json(value: Any, where: str) -> Any:
+    """A packed hint array back as numpy; CheckpointError when it is malformed (the file is
+    the user's: nothing here trusts its sizes)."""
+    import base64
+    import binascii
+    import zlib
+
+    import numpy as np
+
+    if not (isinstance(value, dict) and set(value) == {_PACKED_ARRAY}):
+        return value
+    spec = value[_PACKED_ARRAY]
+    try:
+        dtype = np.dtype(spec["dtype"])
+        shape = tuple(int(n) for n in spec["shape"])
+        if dtype.kind not in "biuf" or any(n < 0 for n in shape):
+            raise ValueError("not a numeric array")
+        nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if nbytes > _MAX_HINT_BYTES:
+            raise ValueError(f"declares {nbytes} bytes")
+        inflater = zlib.decompressobj()
+        data = inflater.decompress(base64.b64decode(spec["zlib_base64"], validate=True),
+                                   nbytes + 1)
+        if len(data) != nbytes or not inflater.eof:
+            raise ValueError(f"holds other than the {nbytes} bytes its shape declares")
+        return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+    except (KeyError, TypeError, ValueError, binascii.Error, zlib.error) as exc:
+        raise CheckpointError(f"modelzip.json: the quantization hint {where} is malformed "
+                              f"({exc}); re-save the checkpoint with modelzip") from None
 
 
 def _grids_from_json(model: nn.Module, grids: dict[str, Any]) -> None:
@@ -347,6 +398,7 @@ def _grids_from_json(model: nn.Module, grids: dict[str, Any]) -> None:
         owner, _, name = key.rpartition(".")
         if owner not in modules or not isinstance(hint, dict):
             continue  # a hint only shrinks the .mzip; a stale one is dropped, never trusted
+        hint = {k: _hint_value_from_json(v, f"{key}.{k}") for k, v in hint.items()}
         set_grid_hint(modules[owner], name, {
             **hint, "scale": np.asarray(hint.get("scale", []), dtype=np.float32),
             "zero_point": np.asarray(hint.get("zero_point", []), dtype=np.int64)})

@@ -32,6 +32,14 @@ Values (``entry["values"]``) are coded in one of three ways, whichever is smalle
   ``raw`` coder, each channel's lowest integer instead: the narrowest fixed width);
 - ``plain`` (``"coder": "plain"``): the entries' own little-endian bytes.
 
+Whole-tensor codings (``entry["coding"]``, float32 only): a quantizer's hint (``encode_tensor``)
+can ask for a coding that no layout expresses, each specified in its own module:
+``dither`` (``modelzip.codec.dither``: level indices + a seed for the universal
+quantizer's dither), ``transform`` (``modelzip.codec.transform``: quantized DCT
+coefficients of blocks) and ``bloomier`` (``modelzip.codec.bloomier``: a Bloomier filter
+from position to cluster). Such an entry has the same header (dtype, shape, nonzeros,
+tensor_crc32) and the same checks; its streams are its module's.
+
 "Zero" means the all-zero bit pattern, so -0.0 and NaN are values like any other, kept bit
 for bit.
 
@@ -63,15 +71,19 @@ from typing import Any
 import numpy as np
 
 from modelzip.codec.bits import as_byte_array
+from modelzip.codec.bloomier import check_bloomier, decode_bloomier, encode_bloomier
 from modelzip.codec.coders import (
     CODERS,
     decode_symbols,
     encode_symbols,
     histogram_entropy_bits,
 )
+from modelzip.codec.dither import check_dither, decode_dither, encode_dither
+from modelzip.codec.transform import check_transform, decode_transform, encode_transform
 from modelzip.errors import ArtifactError, ConfigError
 
 __all__ = [
+    "CODINGS",
     "DEFAULT_MAX_ELEMENTS",
     "ELEMENT_FLOOR",
     "LAYOUTS",
@@ -104,6 +116,15 @@ ELEMENT_FLOOR = 1 << 20
 MAX_ELEMENTS_PER_BYTE = 256
 CRC_FIELDS = ("tensor_crc32", "decoded_crc32")  # format version 2, version 1
 PLAIN = "plain"
+# Whole-tensor codings that a technique's hint asks for (``entry["coding"]``), each with its
+# own module: the fields it adds, how they are checked, decoded and encoded.
+CODINGS = ("dither", "transform", "bloomier")
+_CODING_CHECKS = {
+    # what each coding's decoded tensor depends on besides the payload, for the CRC message
+    "dither": "the dither seed or step does not reproduce the tensor",
+    "transform": "the coefficients do not transform back to the tensor",
+    "bloomier": "the filter does not query back to the tensor",
+}
 
 
 # ============================================================================ encoding
@@ -351,18 +372,57 @@ def encode_tensor(array: np.ndarray, coder: str = "best", hint: Any = None, *,
     ``scale`` (one per channel along axis 0, or one), so that the grid value coding is tried
     (other keys, such as ``zero_point``, ``bits``, ``axis``: 0, are allowed; the zero points
     stored are the encoder's own choice). The grid is kept only when it is the smallest and
-    its entry decodes to ``array`` bit for bit; otherwise the hint changes nothing. ``name``:
+    its entry decodes to ``array`` bit for bit; otherwise the hint changes nothing. A hint
+    with ``"kind"``: dither, transform or bloomier (``CODINGS``) carries that coding's integers
+    instead (see its module's ``encode_*``); it too is kept only when smallest and bit-exact.
+    ``name``:
     the tensor's name in its artifact, covered by the CRC32 (decode with the same name)."""
     def smallest(candidates: list[tuple[dict[str, Any], bytes]]
                  ) -> tuple[dict[str, Any], bytes]:
         # min keeps the first of equals: dense, then sparse-gaps, then sparse-fixed
         return min(candidates, key=lambda c: len(c[1]))
 
+    kind = hint.get("kind", "grid") if isinstance(hint, Mapping) else "grid"
+    if kind in CODINGS:
+        _check_coder(coder)
+        candidates = layout_candidates(array, coder, name=name)
+        coded = _coding_candidate(np.asarray(array), kind, hint, coder, name)
+        if coded is not None:
+            candidates.insert(0, coded)  # among equals, the coding the technique chose
+        return smallest(candidates)
+    if kind != "grid":
+        raise ArtifactError(f"a hint's kind must be grid or one of {', '.join(CODINGS)}, "
+                            f"got {kind!r}")
     entry, payload = smallest(layout_candidates(array, coder, hint, name=name))
     if "grid" in entry and not _decodes_to(entry, payload, np.asarray(array), name):
         # not expected (every element was checked on the grid); the full decode is the proof
         entry, payload = smallest(layout_candidates(array, coder, name=name))
     return entry, payload
+
+
+_ENCODERS = {"dither": encode_dither, "transform": encode_transform,
+             "bloomier": encode_bloomier}
+
+
+def _coding_candidate(array: np.ndarray, kind: str, hint: Any, coder: str, name: str
+                      ) -> tuple[dict[str, Any], bytes] | None:
+    """The entry and payload of ``array`` in the coding a hint names (``CODINGS``), or None
+    when the hint does not describe the array bit for bit or the entry does not decode to it
+    (the full decode is the proof)."""
+    coded = _ENCODERS[kind](array, hint, coder)
+    if coded is None:
+        return None
+    bits, dtype_name = _bits_of(array)
+    shape = [int(d) for d in array.shape]
+    entry = {"dtype": dtype_name, "shape": shape, "nonzeros": int(np.count_nonzero(bits)),
+             "tensor_crc32": tensor_crc32(bits, dtype_name, shape, name), **coded[0]}
+    try:  # the default bound: a transform's padded coefficients outnumber the elements
+        out = decode_tensor(entry, coded[1], name=name)
+    except ArtifactError:
+        return None
+    if out.shape != array.shape or out.tobytes() != np.ascontiguousarray(array).tobytes():
+        return None
+    return entry, coded[1]
 
 
 def _decodes_to(entry: dict[str, Any], payload: bytes, array: np.ndarray, name: str) -> bool:
@@ -428,19 +488,24 @@ class TensorEntry:
     scale_bytes: int = 0
     zero_point_coder: str | None = None
     zero_point_bytes: int = 0
+    coding: str = ""  # "": layout + value coding; else one of CODINGS
+    spec: Any = None  # the coding's checked fields (DitherSpec, TransformSpec, BloomierSpec)
 
     @property
     def value_coding(self) -> str:
-        """How the values are stored: plain, codebook or grid."""
+        """How the values are stored: plain, codebook, grid, or a whole-tensor coding."""
+        if self.coding:
+            return self.coding
         if self.value_coder == PLAIN:
             return PLAIN
         return "grid" if self.grid_channels else "codebook"
 
     @property
     def side_bytes(self) -> int:
-        """What maps value symbols to values: the codebook, or a grid's scales and zero
-        points."""
-        return self.codebook_bytes + self.scale_bytes + self.zero_point_bytes
+        """What maps value symbols to values: the codebook, a grid's scales and zero
+        points, or a coding's step and levels (or cluster values)."""
+        coding = self.spec.side_bytes if self.spec is not None else 0
+        return self.codebook_bytes + self.scale_bytes + self.zero_point_bytes + coding
 
     @property
     def total_bytes(self) -> int:
@@ -478,6 +543,9 @@ def check_entry(entry: Any, *, where: str = "tensor",
                            "and 'decoded_crc32' (version 1): the CRC32 check of the decoded "
                            "tensor")
     crc_field, decoded_crc32 = next(iter(crcs.items()))
+    if "coding" in entry:
+        return _check_coding(entry, where, dtype_name, tuple(shape), count, nonzeros,
+                             crc_field, decoded_crc32, max_elements)
     layout = entry.get("layout")
     if layout not in LAYOUTS:
         raise _fail(where, f"layout {layout!r} is unknown (known: {', '.join(LAYOUTS)})")
@@ -519,6 +587,39 @@ def check_entry(entry: Any, *, where: str = "tensor",
                        value_coder=value_coder, value_bytes=value_bytes,
                        codebook_size=codebook_size, codebook_bytes=codebook_bytes,
                        decoded_crc32=decoded_crc32, crc_field=crc_field, **grid)
+
+
+def _check_coding(entry: dict[str, Any], where: str, dtype_name: str, shape: tuple[int, ...],
+                  count: int, nonzeros: int, crc_field: str, crc: int, max_elements: int
+                  ) -> TensorEntry:
+    """An entry with a whole-tensor ``coding`` (``CODINGS``), checked by its module."""
+    coding = entry["coding"]
+    if coding not in CODINGS:
+        raise _fail(where, f"coding {coding!r} is unknown (known: {', '.join(CODINGS)})")
+    if dtype_name != "float32":
+        raise _fail(where, f"the {coding} coding codes float32 tensors, not {dtype_name}")
+    if count == 0:
+        raise _fail(where, f"the {coding} coding needs a non-empty tensor")
+    if coding == "dither":
+        spec: Any = check_dither(entry, where, count, nonzeros)
+        layout, entries = spec.layout, spec.entries
+        index_coder, index_bytes = spec.index_coder, spec.index_bytes
+    else:
+        if entry.get("layout") != "dense":
+            raise _fail(where, f"the {coding} coding has layout dense, not "
+                               f"{entry.get('layout')!r}")
+        if coding == "transform":
+            spec = check_transform(entry, where, shape, max_elements)
+            entries = spec.coefficients
+        else:
+            spec = check_bloomier(entry, where, count)
+            entries = spec.cells
+        layout, index_coder, index_bytes = "dense", None, 0
+    return TensorEntry(dtype=np.dtype(np.float32), shape=shape, count=count, nonzeros=nonzeros,
+                       layout=layout, entries=entries, gap_bits=None, index_coder=index_coder,
+                       index_bytes=index_bytes, value_coder=spec.value_coder,
+                       value_bytes=spec.value_bytes, codebook_size=0, codebook_bytes=0,
+                       decoded_crc32=crc, crc_field=crc_field, coding=coding, spec=spec)
 
 
 def _check_grid(entry: dict[str, Any], where: str, dtype_name: str, shape: list[int]
@@ -575,6 +676,8 @@ def decode_tensor(entry: dict[str, Any], payload: bytes, *, where: str = "tensor
                            f"{MAX_ELEMENTS_PER_BYTE} per byte); the entry is corrupt or "
                            "hostile")
     word = np.dtype(f"u{e.dtype.itemsize}")
+    if e.coding:
+        return _decode_coding(e, buf, where, name)
     try:
         positions = (_positions(e, buf[:e.index_bytes], where) if e.layout != "dense"
                      else None)
@@ -613,6 +716,33 @@ def decode_tensor(entry: dict[str, Any], payload: bytes, *, where: str = "tensor
     if e.dtype == np.bool_ and bits.size and int(bits.max()) > 1:
         raise _fail(where, "bool tensor holds bytes other than 0 and 1")
     return bits.view(e.dtype).reshape(e.shape)
+
+
+def _decode_coding(e: TensorEntry, buf: np.ndarray, where: str, name: str) -> np.ndarray:
+    """Decode an entry with a whole-tensor coding, with the same checks as any entry: the
+    number of non-zeros and the CRC32 (its message says what a mismatch means)."""
+    try:
+        if e.coding == "dither":
+            values = decode_dither(e.spec, buf, e.count, where)
+        elif e.coding == "transform":
+            values = decode_transform(e.spec, buf, e.shape, where)
+        else:
+            values = decode_bloomier(e.spec, buf, e.count, where)
+    except ArtifactError as exc:
+        if str(exc).startswith(where):
+            raise
+        raise _fail(where, str(exc)) from None
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).ravel()
+    found = int(np.count_nonzero(bits))
+    if found != e.nonzeros:
+        raise _fail(where, f"decodes to {found} non-zeros, the entry declares {e.nonzeros} "
+                           f"({_CODING_CHECKS[e.coding]})")
+    crc = (tensor_crc32(bits, "float32", e.shape, name) if e.crc_field == "tensor_crc32"
+           else _crc_of(bits, 4))
+    if crc != e.decoded_crc32:
+        raise _fail(where, f"the decoded tensor fails its CRC32 check ({e.crc_field}): "
+                           f"{_CODING_CHECKS[e.coding]}")
+    return bits.view(np.float32).reshape(e.shape)
 
 
 def _grid_decode(e: TensorEntry, side: np.ndarray, value_data: np.ndarray,
