@@ -23,17 +23,33 @@ modulo K). Which bits matter: accuracy after exactly one flipped bit per field (
 exponent, mantissa; int8 codes and scales; k-means indices and codebook), and per fp32 bit
 position (each weight's bit b flipped with probability 1e-4).
 
+(iii) eurosat_cnn on the on-board runner (``modelzip.runtime.runner``), in place of (ii) for
+that model: three variants packed with their ONNX graph (``pack_model_onnx``): fp32, int8
+(static QDQ, the runner's int8 path) and k-means (``modelzip.quantize`` with
+``WeightSharingConfig(bits=4)``, 16 shared values per layer, which the runner holds decoded
+as fp32), each also packed with ``clip_activations`` (``modelzip.flight.ranger``: every
+activation bounded to its range on the 300 calibration images). Flips hit the weight arrays
+the runner holds (fp32 arrays; int8 codes and zero points, float32 scales, int32 biases), the
+session is built on them, and accuracy is measured without protection, with clipping, and
+after ``Runner.scrub()``: the flips made in the runner's own arrays, the scrub's checksums
+must find them, and the arrays after it must equal the clean ones bit for bit (accuracy
+after the scrub is measured on the first such trial per rate). Which bits matter: one flipped
+bit per field, and fp32 bit positions at 1e-4 per weight, as in (ii).
+
 Accuracy is measured on a seeded subset of each test split (lenet5: 2,000 MNIST images,
-eurosat_cnn: 300 EuroSAT images; --quick: 300 and 100), stated in the results.
+eurosat_cnn: 1,000 EuroSAT images; --quick: 300 and 100), stated in the results.
 Writes bench/results/seu.json and seu.png. ``--part FILE`` runs only ``--models`` and writes
 their rows to FILE; ``--merge FILE...`` writes seu.json and seu.png from such parts (so that
-the models can run in parallel).
+the models can run in parallel); ``--reuse FILE`` takes the rows of the models not run from
+an earlier seu.json (recorded in the settings with that file's commit).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import json
 import sys
 import tempfile
 import time
@@ -51,7 +67,7 @@ from modelzip.data import load_dataset
 from modelzip.errors import ArtifactError
 from modelzip.flight.fec import capacity
 from modelzip.flight.seu import FLOAT32_FIELDS, flip_array_bits, flip_bits, flip_positions
-from modelzip.pipeline import seeded_subset
+from modelzip.pipeline import calibration_subset, seeded_subset
 from modelzip.quant.kmeans import kmeans_1d
 from modelzip.quant.uniform import quant_params, quantize
 
@@ -354,6 +370,209 @@ def study_model(name: str, dataset: str, model: torch.nn.Module, shared: torch.n
     return out
 
 
+# ---------------------------------------------------------------------------- on the runner
+class RunnerVariant:
+    """One packed artifact on the on-board runner: its clean arrays, grouped into fields by
+    what they hold, and the accuracy of a session built on given arrays."""
+
+    def __init__(self, name: str, blob: bytes, x: np.ndarray, y: np.ndarray) -> None:
+        from modelzip.runtime.onnx_artifact import load_onnx_package
+
+        self.name, self.blob, self.x, self.y = name, blob, x, y
+        self.package = load_onnx_package(read_artifact(blob))
+        self.arrays = {k: v.copy() for k, v in self.package.initializers.items()}
+        self.fields: dict[str, list[str]] = {}
+        for key, a in self.arrays.items():
+            kind = {"i": "int8 codes" if a.dtype.itemsize == 1 else "int32 biases",
+                    "u": "int8 codes", "f": "fp32" if name != "int8" else "scales"
+                    }[a.dtype.kind]
+            self.fields.setdefault(kind, []).append(key)
+        self.bits = sum(a.nbytes * 8 for a in self.arrays.values())
+        self.calls = 0
+        self.clean = self.accuracy(self.arrays)
+
+    def accuracy(self, arrays: dict[str, np.ndarray]) -> float:
+        from modelzip.runtime.runner import Runner
+
+        self.calls += 1
+        runner = Runner(dataclasses.replace(self.package, initializers=arrays))
+        with np.errstate(all="ignore"):
+            pred, _ = runner.predict(self.x, batch_size=500)
+        return 100.0 * float(np.mean(pred == self.y))
+
+    def flipped(self, ber: float, rng: np.random.Generator, field: str | None = None,
+                bits: tuple[int, int] | None = None) -> tuple[dict[str, np.ndarray], int]:
+        """The arrays after flips at ``ber`` (in ``field`` only when given), and how many."""
+        out, flips = dict(self.arrays), 0
+        for kind, keys in self.fields.items():
+            if field is not None and kind != field:
+                continue
+            for key in keys:
+                a = self.arrays[key]
+                b = flip_array_bits(a, ber, rng, bits if a.dtype == np.float32 else None)
+                flips += int(np.count_nonzero(b.view(f"u{a.dtype.itemsize}")
+                                              != a.view(f"u{a.dtype.itemsize}")))
+                out[key] = b
+        return out, flips
+
+    def one_flip(self, field: str, rng: np.random.Generator,
+                 bits: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+        """The arrays with exactly one bit of ``field`` flipped (within ``bits``)."""
+        keys = self.fields[field]
+        span = bits or (0, 0)
+        sizes = np.array([self.arrays[k].size * ((span[1] - span[0]) or
+                                                 self.arrays[k].dtype.itemsize * 8)
+                          for k in keys])
+        pick = int(rng.integers(sizes.sum()))
+        i = int(np.searchsorted(np.cumsum(sizes), pick, side="right"))
+        a = self.arrays[keys[i]]
+        width = (span[1] - span[0]) or a.dtype.itemsize * 8
+        element, bit = divmod(pick - int(np.cumsum(sizes)[i - 1] if i else 0), width)
+        words = a.view(f"u{a.dtype.itemsize}").ravel().copy()
+        words[element] ^= np.array(1, words.dtype) << np.array(bit + span[0], words.dtype)
+        return {**self.arrays, keys[i]: words.view(a.dtype).reshape(a.shape)}
+
+
+def runner_variants(model: torch.nn.Module, x: np.ndarray, y: np.ndarray,
+                    calibration: np.ndarray) -> dict[tuple[str, bool], RunnerVariant]:
+    """fp32, int8 and k-means eurosat_cnn packed for the runner, without and with clipping."""
+    import modelzip
+    from modelzip.quant.weight_sharing import WeightSharingConfig
+    from modelzip.runtime.onnx_artifact import pack_model_onnx
+
+    shared = modelzip.quantize(copy.deepcopy(model), WeightSharingConfig(bits=4))
+    out = {}
+    for name, net, int8 in (("fp32", model, False), ("int8", model, True),
+                            ("kmeans", shared, False)):
+        for clip in (False, True):
+            blob = pack_model_onnx(net, int8=int8, calibration=calibration,
+                                   clip_activations=clip)
+            out[name, clip] = RunnerVariant(name, blob, x, y)
+    return out
+
+
+def protection_study(variants: dict[tuple[str, bool], RunnerVariant], trials: int,
+                     seed: int) -> list[dict]:
+    """Flips in the runner's arrays at each rate: accuracy without protection, with clipped
+    activations (the same flips), and what a scrub finds and restores."""
+    from modelzip.runtime.runner import Runner
+
+    rows = []
+    for name in ("fp32", "int8", "kmeans"):
+        plain, clipped = variants[name, False], variants[name, True]
+        runner = Runner.from_bytes(plain.blob)
+        for ber in RATES:
+            accs, clip_accs, flipped_trials, detected, restored = [], [], 0, 0, 0
+            scrub_acc = None
+            for t in range(trials):
+                rng_seed = [seed, int(-np.log10(ber)), t, len(name)]
+                arrays, flips = plain.flipped(ber, np.random.default_rng(rng_seed))
+                if flips == 0:  # no flip at all (likely at low rates): nothing to evaluate
+                    accs.append(plain.clean)
+                    clip_accs.append(clipped.clean)
+                    continue
+                flipped_trials += 1
+                accs.append(plain.accuracy(arrays))
+                clip_arrays, _ = clipped.flipped(ber, np.random.default_rng(rng_seed))
+                clip_accs.append(clipped.accuracy(clip_arrays))
+                # the same flips in the arrays the runner holds, then its scrub
+                for key, value in arrays.items():
+                    np.copyto(runner.package.initializers[key], value)
+                report = runner.scrub()
+                detected += bool(report.damaged)
+                restored += all(np.array_equal(runner.package.initializers[k].view(np.uint8),
+                                               v.view(np.uint8))
+                                for k, v in plain.arrays.items())
+                if scrub_acc is None:
+                    with np.errstate(all="ignore"):
+                        pred, _ = runner.predict(plain.x, batch_size=500)
+                    scrub_acc = 100.0 * float(np.mean(pred == plain.y))
+            rows.append({
+                "representation": name, "ber": ber, "trials": trials, "bits": plain.bits,
+                "expected_flips": plain.bits * ber, "clean_accuracy": plain.clean,
+                "accuracy_mean": float(np.mean(accs)), "accuracy_min": float(np.min(accs)),
+                "clip_clean_accuracy": clipped.clean,
+                "clip_accuracy_mean": float(np.mean(clip_accs)),
+                "clip_accuracy_min": float(np.min(clip_accs)),
+                "scrub_trials_with_flips": flipped_trials,
+                "scrub_detected_pct": 100 * detected / flipped_trials if flipped_trials else None,
+                "scrub_restored_exact_pct":
+                    100 * restored / flipped_trials if flipped_trials else None,
+                "scrub_accuracy": scrub_acc if scrub_acc is not None else plain.clean})
+            r = rows[-1]
+            print(f"  runner {name} ber {ber:g}: none {r['accuracy_mean']:.1f}, clip "
+                  f"{r['clip_accuracy_mean']:.1f}, scrub {r['scrub_accuracy']:.1f} "
+                  f"(found {detected}/{flipped_trials})", flush=True)
+    return rows
+
+
+def runner_which_bits(variants: dict[tuple[str, bool], RunnerVariant], trials: int,
+                      bit_trials: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """One flipped bit per field of each variant as the runner holds it (clipping off and
+    on), and each fp32 bit position flipped at 1e-4 per weight."""
+    fp32 = variants["fp32", False]
+    fields = [("fp32 sign", "fp32", "fp32", FLOAT32_FIELDS["sign"]),
+              ("fp32 exponent", "fp32", "fp32", FLOAT32_FIELDS["exponent"]),
+              ("fp32 mantissa", "fp32", "fp32", FLOAT32_FIELDS["mantissa"]),
+              ("int8 codes", "int8", "int8 codes", None),
+              ("int8 scales", "int8", "scales", None),
+              ("int8 biases (int32)", "int8", "int32 biases", None),
+              ("kmeans (decoded fp32) exponent", "kmeans", "fp32", FLOAT32_FIELDS["exponent"])]
+    rows = []
+    for label, name, field, bits in fields:
+        row: dict[str, Any] = {"field": label, "trials": trials}
+        for clip in (False, True):
+            v = variants[name, clip]
+            if field not in v.fields:
+                break
+            rng = np.random.default_rng([seed, len(label)])  # the same bits with and without
+            accs = [v.accuracy(v.one_flip(field, rng, bits)) for _ in range(trials)]
+            prefix = "clip_" if clip else ""
+            row.update({f"{prefix}clean_accuracy": v.clean,
+                        f"{prefix}accuracy_mean": float(np.mean(accs)),
+                        f"{prefix}accuracy_min": float(np.min(accs)),
+                        f"{prefix}trials_losing_over_1_point_pct":
+                            100 * float(np.mean([a < v.clean - 1 for a in accs]))})
+        if "accuracy_mean" in row:
+            rows.append(row)
+    per_bit = []
+    for b in range(32):
+        rng = np.random.default_rng([seed, 100 + b])
+        accs = [fp32.accuracy(fp32.flipped(1e-4, rng, "fp32", (b, b + 1))[0])
+                for _ in range(bit_trials)]
+        per_bit.append({"bit": b, "field": next(n for n, (lo, hi) in FLOAT32_FIELDS.items()
+                                                if lo <= b < hi),
+                        "accuracy_mean": float(np.mean(accs)),
+                        "accuracy_min": float(np.min(accs))})
+    return rows, per_bit
+
+
+def study_on_runner(name: str, dataset: str, model: torch.nn.Module, n_test: int,
+                    args: argparse.Namespace) -> dict:
+    """(iii): the model's fp32, int8 and k-means variants on the runner."""
+    data = seeded_subset(load_dataset(dataset, "test"), n_test, seed=0)
+    x, y = data.normalize(data.images).numpy(), data.labels.numpy()
+    calib = calibration_subset(load_dataset(dataset, "train"), 300)
+    t0 = time.monotonic()
+    variants = runner_variants(model, x, y, calib.normalize(calib.images).numpy())
+    out: dict[str, Any] = {"model": name, "dataset": dataset, "test_images": len(y),
+                           "evaluated_on": "modelzip.runtime.runner (onnxruntime)",
+                           "kmeans_held_as": "decoded fp32 arrays (16 shared values per layer)"}
+    for (vname, clip), v in variants.items():
+        out[f"{vname}{'_clip' if clip else ''}_accuracy"] = v.clean
+        out[f"{vname}{'_clip' if clip else ''}_file_bytes"] = len(v.blob)
+        out[f"{vname}_weight_bits"] = v.bits
+    out["protection"] = protection_study(variants, args.memory_trials, args.seed)
+    keep = ("representation", "ber", "trials", "bits", "clean_accuracy", "accuracy_mean",
+            "accuracy_min", "expected_flips")
+    out["memory"] = [{k: r[k] for k in keep} for r in out["protection"]]
+    out["single_flip"], out["fp32_bit_position"] = runner_which_bits(
+        variants, args.flip_trials, args.bit_trials, args.seed)
+    out["seconds"] = round(time.monotonic() - t0, 1)
+    out["evaluations"] = sum(v.calls for v in variants.values())
+    return out
+
+
 # ---------------------------------------------------------------------------- plot
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
@@ -361,7 +580,8 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    protected = [r for r in results if r.get("protection")]
+    fig, axes = plt.subplots(1, 3 + bool(protected), figsize=(17 + 6 * bool(protected), 4.8))
     ax = axes[0]
     for r in results:
         if "stored" not in r:
@@ -400,6 +620,22 @@ def plot(results: list[dict], path: Path) -> None:
     ax.set_ylabel("test accuracy %")
     ax.set_title("which fp32 bit: each weight's bit b flips with p = 1e-4")
     ax.legend(fontsize=8)
+    for r in protected:
+        ax = axes[3]
+        for rep, color in (("fp32", "C0"), ("int8", "C1"), ("kmeans", "C2")):
+            rows = [x for x in r["protection"] if x["representation"] == rep]
+            ber = [x["ber"] for x in rows]
+            ax.plot(ber, [x["accuracy_mean"] for x in rows], "o-", color=color,
+                    label=f"{rep}: no protection")
+            ax.plot(ber, [x["clip_accuracy_mean"] for x in rows], "s--", color=color,
+                    label=f"{rep}: clipped activations")
+            ax.plot(ber, [x["scrub_accuracy"] for x in rows], "^:", color=color,
+                    label=f"{rep}: after scrub")
+        ax.set_xscale("log")
+        ax.set_xlabel("bit error rate (weights the runner holds)")
+        ax.set_ylabel("test accuracy %")
+        ax.set_title(f"{r['model']} on the runner: protection in memory")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -411,6 +647,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--part", type=Path, default=None)
     p.add_argument("--merge", type=Path, nargs="+", default=None)
+    p.add_argument("--reuse", type=Path, default=None,
+                   help="an earlier seu.json: its rows of the models not in --models are kept")
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -420,13 +658,12 @@ def main() -> None:
     args.fec_1e3_trials = 10 if q else 50
     args.raw_trials = 3 if q else 10
     args.memory_trials = 3 if q else 10
+    args.runner_trials = 1 if q else 8
     args.flip_trials = 3 if q else 16
     args.bit_trials = 1 if q else 2
     out_dir = Path(tempfile.mkdtemp()) if q else ROOT / "results"
     results = []
     if args.merge:
-        import json
-
         results = [r for part in args.merge for r in json.loads(part.read_text())]
     for name in args.models.split(",") if not args.merge else []:
         ckpt = load_checkpoint(ROOT / "checkpoints" / name)
@@ -437,15 +674,23 @@ def main() -> None:
                                        args, blob))
             results[-1]["test_subset_note"] = "seeded subset of the MNIST test split"
         else:
-            trials = {k: max(1, v // (1 if q else 2)) for k, v in vars(args).items()
-                      if k.endswith("_trials")}
-            sub = argparse.Namespace(**{**vars(args), **trials})
-            results.append(study_model(name, ckpt.meta["dataset"]["name"], ckpt.model, None,
-                                       100 if q else 300, sub, None))
-            results[-1]["test_subset_note"] = "seeded subset of the EuroSAT test split"
+            sub = argparse.Namespace(**{**vars(args), "memory_trials": args.runner_trials,
+                                        "flip_trials": 2 if q else 8, "bit_trials": 1})
+            results.append(study_on_runner(name, ckpt.meta["dataset"]["name"], ckpt.model,
+                                           100 if q else 1000, sub))
+            results[-1]["test_subset_note"] = (f"seeded subset of {results[-1]['test_images']:,}"
+                                               " images of the EuroSAT test split")
+    reused = {}
+    if args.reuse is not None and not args.merge:
+        earlier = json.loads(args.reuse.read_text())
+        ran = {r["model"] for r in results}
+        for row in earlier["models"]:
+            if row["model"] not in ran:
+                results.append(row)
+                reused[row["model"]] = {"from": str(args.reuse.name),
+                                        "git_commit": earlier.get("git_commit"),
+                                        "generated_utc": earlier.get("generated_utc")}
     if args.part is not None:
-        import json
-
         args.part.write_text(json.dumps(results, indent=1))
         print(f"wrote {args.part}")
         return
@@ -467,7 +712,9 @@ def main() -> None:
                   settings={"rates": RATES, "fec_parity": FEC_PARITY, "seed": args.seed,
                             "quick": q, "trials": {k: v for k, v in vars(args).items()
                                                    if k.endswith("_trials")},
-                            "eurosat_cnn_trials": "half of the above (at least 1)"},
+                            "eurosat_cnn": "on the runner: runner_trials per rate, 8 single "
+                                           "flips per field, 1 trial per fp32 bit position",
+                            "reused_rows": reused},
                   summary=summary)
     plot(results, out_dir / "seu.png")
     print(summary)

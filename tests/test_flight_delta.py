@@ -401,3 +401,123 @@ def test_delta_and_patch_commands(capsys, tmp_path: Path) -> None:
     assert "exists" in user_error(capsys, "delta", tmp_path / "old.mzip", tmp_path / "new",
                                   "-o", upd)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# ============================================================================ signed patches
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from modelzip.flight.sign import generate_keys, load_public_key
+
+    folder = tmp_path_factory.mktemp("keys")
+    private, public = generate_keys(folder / "ground")
+    other_private, other_public = generate_keys(folder / "other")
+    return {"private": private, "public": load_public_key(public), "public_path": public,
+            "other_private": other_private, "other_public": load_public_key(other_public)}
+
+
+def test_a_signed_patch_applies_and_signs_its_result(versions: dict, keys: dict) -> None:
+    from modelzip.flight.sign import fingerprint, sign_artifact
+
+    patch = make_delta(versions["old"], versions["new"], hints=versions["hints"],
+                       sign=keys["private"])
+    result = apply_patch(versions["old"], patch, trusted_keys=[keys["public"]])
+    # the very file the sender signs; a reader that trusts the key accepts it
+    assert result == sign_artifact(versions["new"], keys["private"])
+    assert read_artifact(result, trusted_keys=[keys["public"]]).tensors.keys() == \
+        read_artifact(versions["new"]).tensors.keys()
+    assert apply_patch(versions["old"], patch) == result  # no keys: the signature is carried
+    assert describe_patch(patch)["signer"] == fingerprint(keys["public"])
+    assert describe_patch(make_delta(versions["old"], versions["new"],
+                                     hints=versions["hints"]))["signer"] is None
+
+
+def test_signed_patch_with_fec_result(versions: dict, keys: dict) -> None:
+    from modelzip.codec.artifact import protect_artifact
+    from modelzip.flight.sign import sign_artifact
+
+    patch = make_delta(versions["old"], versions["new"], hints=versions["hints"], fec="8%",
+                       sign=keys["private"])
+    result = apply_patch(versions["old"], patch, trusted_keys=[keys["public"]])
+    assert result == protect_artifact(sign_artifact(versions["new"], keys["private"]), fec=0.08)
+    read_artifact(result, trusted_keys=[keys["public"]])
+
+
+def test_a_patcher_with_trusted_keys_refuses_unsigned_and_wrongly_signed(
+        versions: dict, keys: dict, monkeypatch) -> None:
+    unsigned = make_delta(versions["old"], versions["new"], hints=versions["hints"])
+    signed = make_delta(versions["old"], versions["new"], hints=versions["hints"],
+                        sign=keys["private"])
+    by_other = make_delta(versions["old"], versions["new"], hints=versions["hints"],
+                          sign=keys["other_private"])
+    trusted = [keys["public"]]
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded before the signature was checked")
+
+    monkeypatch.setattr(delta_mod, "read_artifact", no_decoding)
+    monkeypatch.setattr(delta_mod.zlib, "decompressobj", no_decoding)
+    with pytest.raises(PatchError, match="not signed"):
+        apply_patch(versions["old"], unsigned, trusted_keys=trusted)
+    with pytest.raises(PatchError, match="not among the trusted keys"):
+        apply_patch(versions["old"], by_other, trusted_keys=trusted)
+    # a byte changed after signing, even with the SHA-256 recomputed
+    body = bytearray(signed[:-96 - 32])
+    body[-1] ^= 1
+    forged = bytes(body) + hashlib.sha256(body).digest() + signed[-96:]
+    with pytest.raises(PatchError, match="does not verify"):
+        apply_patch(versions["old"], forged, trusted_keys=trusted)
+    # the signature block stripped and the flag cleared: unsigned, refused
+    stripped = bytearray(signed[:-96 - 32])
+    stripped[7] = 0
+    stripped = bytes(stripped) + hashlib.sha256(stripped).digest()
+    with pytest.raises(PatchError, match="not signed"):
+        apply_patch(versions["old"], stripped, trusted_keys=trusted)
+    flags = bytearray(signed)
+    flags[7] = 0x80
+    with pytest.raises(PatchError, match="unknown flags"):
+        apply_patch(versions["old"], bytes(flags), trusted_keys=trusted)
+    with pytest.raises(ConfigError, match="32-byte"):
+        apply_patch(versions["old"], signed, trusted_keys=[b"short"])
+
+
+def test_a_forged_result_signature_is_refused(versions: dict, keys: dict) -> None:
+    signed = make_delta(versions["old"], versions["new"], hints=versions["hints"],
+                        sign=keys["private"])
+    header, payload = delta_mod._parse(signed)
+    for bad in ("zz" * 96, keys["other_public"].hex() + "00" * 64, 5):
+        forged = delta_mod._serialize({**header, "result_signature": bad}, payload)
+        with pytest.raises(PatchError, match="result_signature"):
+            apply_patch(versions["old"], forged)
+
+
+def test_a_signed_new_file_needs_its_key(versions: dict, keys: dict) -> None:
+    from modelzip.flight.sign import sign_artifact
+
+    signed_new = sign_artifact(versions["new"], keys["private"])
+    patch = make_delta(versions["old"], signed_new, hints=versions["hints"],
+                       sign=keys["private"])
+    assert apply_patch(versions["old"], patch) == signed_new
+    with pytest.raises(PatchError, match="signed"):
+        make_delta(versions["old"], signed_new, hints=versions["hints"])
+
+
+def test_signed_delta_and_patch_commands(capsys, versions: dict, keys: dict,
+                                         tmp_path: Path) -> None:
+    old, new = tmp_path / "old.mzip", tmp_path / "new.mzip"
+    old.write_bytes(versions["old"])
+    new.write_bytes(versions["new"])
+    upd = tmp_path / "update.mzipd"
+    plain = tmp_path / "plain.mzipd"
+    plain.write_bytes(make_delta(versions["old"], versions["new"], hints=versions["hints"]))
+    upd.write_bytes(make_delta(versions["old"], versions["new"], hints=versions["hints"],
+                               sign=keys["private"]))
+    pub = keys["public_path"]
+    line = user_error(capsys, "patch", old, plain, "-o", tmp_path / "a.mzip",
+                      "--trusted-key", pub)
+    assert "not signed" in line and not (tmp_path / "a.mzip").exists()
+    code, _, err = cli(capsys, "patch", old, upd, "-o", old, "--trusted-key", pub)
+    assert code == 0, err
+    read_artifact(old.read_bytes(), trusted_keys=[keys["public"]])
+    code, _, err = cli(capsys, "delta", tmp_path / "old-copy.mzip", new, "-o",
+                       tmp_path / "x.mzipd", "--sign", tmp_path / "missing.key")
+    assert code == 2 and "private key" in err

@@ -78,3 +78,65 @@ def test_forgeries_are_what_they_claim(bases: Any) -> None:
             hits += 1
     assert hits > 30
     assert write_container  # the forger's tool is the writer itself
+
+
+# ============================================================================ runner input
+@pytest.fixture(scope="module")
+def runner_bases() -> fuzz.RunnerBases:
+    return fuzz.RunnerBases()
+
+
+RUNNER_SEEN: dict[str, int] = {}
+
+
+@settings(max_examples=600, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                 HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**63))
+def test_every_runner_input_runs_exactly_or_is_refused(runner_bases: Any, tmp_path_factory,
+                                                       seed: int) -> None:
+    r = random.Random(seed)
+    model, kind, payload = fuzz.make_runner_case(runner_bases, r)
+    folder = tmp_path_factory.mktemp("case", numbered=True)
+    outcome = fuzz.run_runner_case(runner_bases, model, payload, folder,
+                                   measure_memory=r.random() < 0.1)
+    RUNNER_SEEN[outcome.split(":")[0]] = RUNNER_SEEN.get(outcome.split(":")[0], 0) + 1
+    assert not fuzz.is_runner_failure(outcome), f"{outcome}: {model}, {kind}"
+
+
+def test_the_runner_campaign_reached_both_outcomes() -> None:
+    if not RUNNER_SEEN:
+        pytest.skip("run with the property test")
+    assert RUNNER_SEEN.get("accepted_exact", 0) > 50 and RUNNER_SEEN.get("refused", 0) > 200
+
+
+def test_the_runner_oracle_catches_wrong_outputs_and_wrong_refusals(runner_bases: Any,
+                                                                    tmp_path) -> None:
+    x = np.random.default_rng(0).standard_normal((2, 1, 6, 6)).astype(np.float32)
+    assert fuzz.run_runner_case(runner_bases, "image", ("api", x), tmp_path) == \
+        "accepted_exact"
+    original = runner_bases.sessions["image"]
+
+    class Shifted:  # a reference that disagrees: the runner's output must count as wrong
+        def run(self, names, feeds):
+            return [original.run(names, feeds)[0] + 1]
+
+    runner_bases.sessions["image"] = Shifted()
+    try:
+        assert fuzz.run_runner_case(runner_bases, "image", ("api", x), tmp_path) == \
+            "accepted_wrong"
+    finally:
+        runner_bases.sessions["image"] = original
+    # the oracle accepts (N, 6, 6, 1) uint8 images as the runner's docstring promises
+    images = np.zeros((2, 6, 6, 1), np.uint8)
+    assert fuzz.expected_feeds("image", images) is not None
+    assert fuzz.run_runner_case(runner_bases, "image", ("api", images), tmp_path) == \
+        "accepted_exact"
+    assert fuzz.is_runner_failure("refused_valid") and fuzz.is_runner_failure("crash:X")
+
+
+def test_a_seeded_runner_campaign_is_reproducible_and_clean() -> None:
+    a, b = fuzz.runner_campaign(150, seed=5), fuzz.runner_campaign(150, seed=5)
+    assert a["counts_by_class"] == b["counts_by_class"]
+    assert a["failures"] == 0
+    assert set(a["counts_by_class"]) == {"npy", "npy-damaged", "npz", "api", "manifest"}

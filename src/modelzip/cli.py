@@ -387,19 +387,21 @@ def delta(
     coder: Annotated[str, typer.Option(help="coder of the new .mzip (as `pack --coder`)")
                      ] = "best",
     fec: FecOpt = None,
+    sign: SignOpt = None,
     model: ModelOpt = None,
     model_arg: ModelArgOpt = None,
     force: Annotated[bool, typer.Option("--force", help="replace --out")] = False,
 ) -> None:
     """Make a patch that turns OLD.mzip into the .mzip of NEW (as `pack` writes it): the
-    changed tensors only, coded with 3LC or modelzip's coders; it names the SHA-256 of both."""
+    changed tensors only, coded with 3LC or modelzip's coders; it names the SHA-256 of both.
+    With --sign, the patch and the new file it yields are signed."""
     from modelzip.atomic import write_atomic
     from modelzip.codec.artifact import load_artifact_bytes
     from modelzip.flight.delta import describe_patch, make_delta
 
     if out.exists() and not force:
         raise ModelzipError(f"{out} exists; pass --force to replace it")
-    parity, _ = _flight_options(fec, None)
+    parity, key = _flight_options(fec, sign)
     old_bytes = load_artifact_bytes(old)
     hints = None
     if _is_artifact(new):
@@ -411,13 +413,17 @@ def delta(
         ckpt = _load_checkpoint(new, model, model_arg)
         meta = {k: ckpt.meta[k] for k in ("dataset", "metrics") if ckpt.meta.get(k)}
         new_bytes = pack_model(ckpt.model, coder=coder, meta=meta)
+        if key is not None:
+            from modelzip.flight.sign import sign_artifact
+
+            new_bytes = sign_artifact(new_bytes, key)
         if parity is not None:
             from modelzip.codec.artifact import protect_artifact
 
             new_bytes = protect_artifact(new_bytes, fec=parity)
         hints = grid_hints(ckpt.model)
     patch = make_delta(old_bytes, new_bytes, hints=hints, tolerance=tolerance,
-                       delta_coder=delta_coder, artifact_coder=coder, fec=parity)
+                       delta_coder=delta_coder, artifact_coder=coder, fec=parity, sign=key)
     write_atomic(out, patch)
     info = describe_patch(patch)
     loss = ("lossless" if info["lossless"] else
@@ -435,6 +441,10 @@ def patch_(
                                                           "replaced only once verified)")],
     force: Annotated[bool, typer.Option("--force", help="replace --out (other than OLD)")
                      ] = False,
+    trusted_key: Annotated[list[Path] | None, typer.Option(
+        "--trusted-key", help="accept only a patch signed by this public key (repeatable); an "
+                              "unsigned or wrongly signed patch is refused before it is read")
+                           ] = None,
 ) -> None:
     """Apply a patch to a .mzip without torch: checks the base's SHA-256, rebuilds the new
     file, checks its SHA-256 and only then writes it (temporary name, then rename)."""
@@ -445,7 +455,7 @@ def patch_(
     same = out.exists() and old.exists() and out.resolve() == old.resolve()
     if out.exists() and not same and not force:
         raise ModelzipError(f"{out} exists; pass --force to replace it")
-    new = patch_file(old, patch, out)
+    new = patch_file(old, patch, out, trusted_keys=_trusted(trusted_key))
     _console().print(f"wrote {out}: {len(new):,} bytes, SHA-256 "
                      f"{hashlib.sha256(new).hexdigest()} (verified)", soft_wrap=True)
 
@@ -1249,6 +1259,10 @@ def pack_onnx(
     force: Annotated[bool, typer.Option("--force", help="replace --out")] = False,
     fec: FecOpt = None,
     sign: SignOpt = None,
+    clip_activations: Annotated[bool, typer.Option(
+        "--clip-activations", help="bound every activation to its range on the calibration "
+                                   "images (fault tolerance against bit flips in memory)")
+                                ] = False,
 ) -> None:
     """Pack a checkpoint with its ONNX graph (fp32 or --int8), or an .onnx file as it is, for
     the torch-free `run`; the packed file is read back and checked before it is written."""
@@ -1262,9 +1276,10 @@ def pack_onnx(
     if source.suffix == ".onnx" or source.is_file():
         from modelzip.runtime.onnx_artifact import pack_onnx_file
 
-        if int8:
-            raise ModelzipError("--int8 applies to a checkpoint; quantize your .onnx file "
-                                "first, or pack it as it is")
+        if int8 or clip_activations:
+            raise ModelzipError(f"{'--int8' if int8 else '--clip-activations'} applies to a "
+                                "checkpoint (it needs the calibration images of its dataset); "
+                                "pack an .onnx file as it is")
         blob = protect_artifact(pack_onnx_file(source, meta={"model": source.stem}),
                                 fec=parity, sign=key)
         write_atomic(out, blob)
@@ -1279,14 +1294,14 @@ def pack_onnx(
     meta.update(model=ckpt.meta["model"].get("name", "model"), dataset=ds_meta.get("name"),
                 metrics=ckpt.meta.get("metrics") or {})
     calibration = None
-    if int8:
+    if int8 or clip_activations:
         name = dataset or ds_meta.get("name")
         if not name:
             raise ModelzipError("the checkpoint does not record its dataset; pass --dataset "
-                                "for the int8 calibration images")
+                                "for the calibration images")
         calibration = _calibration_images(name, data, calibration_images, method)
     blob = pack_model_onnx(ckpt.model, int8=int8, calibration=calibration, meta=meta,
-                           calibration_method=method)
+                           calibration_method=method, clip_activations=clip_activations)
     blob = protect_artifact(blob, fec=parity, sign=key)
     write_atomic(out, blob)
     _console().print(f"wrote {out}: {len(blob):,} bytes, {'int8' if int8 else 'fp32'} ONNX "

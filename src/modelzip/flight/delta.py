@@ -26,14 +26,24 @@ codec's own writer (``write_artifact``, with the grids the patch carries), so th
 is the very file the sender made; it checks the SHA-256 of the base before and of the result
 after. Patch layout (little-endian)::
 
-    magic "MZDELTA\\0" | version u8 | header length u32 | header (zlib JSON) | payload |
-    SHA-256 of everything before it
+    magic "MZDELTA" | flags u8 | version u8 | header length u32 | header (zlib JSON) |
+    payload | SHA-256 of everything before it | [signature block]
+
+flags bit 0: the patch is signed, and a signature block follows its SHA-256: the signer's
+Ed25519 public key (32 bytes) and its signature (64 bytes) of every byte before the block
+(``make_delta(..., sign=KEY)``, ``modelzip delta --sign KEY``). A patcher given trusted keys
+(``apply_patch(..., trusted_keys=...)``, ``modelzip patch --trusted-key PUB``) refuses an
+unsigned patch, or one signed by another key or changed after signing, before it reads
+anything else. A signed patch also carries the signature of its result
+(``result_signature``), which the patcher appends to the file it writes: the new .mzip is
+signed as the old one was, and a runner that trusts the key runs it.
 
 Header: base_sha256/base_bytes, result_sha256/result_bytes, model, meta, artifact_coder
 (the coder the result is written with), fec (parity added to the result, or null), grids
 {name: {axis, channels}} (their float32 scales open the payload, in name order), tensors
 {name: {mode, dtype, shape, coding, bytes, ...}} (their bytes follow, in name order),
-lossless, max_abs_error.
+lossless, max_abs_error, and in a signed patch result_signature (hex: the signer's public
+key, then its signature of the result before any FEC parity).
 """
 
 from __future__ import annotations
@@ -45,20 +55,25 @@ import math
 import os
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from modelzip.atomic import write_atomic
 from modelzip.codec.artifact import protect_artifact, read_artifact, write_artifact
 from modelzip.codec.coders import CODERS, decode_symbols, encode_symbols
+from modelzip.codec.container import add_signature
 from modelzip.errors import ArtifactError, ConfigError
 from modelzip.flight.threelc import decode_integers, encode_integers
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 __all__ = [
     "DELTA_CODERS",
+    "FLAG_SIGNED",
     "MAGIC",
     "PatchError",
     "apply_patch",
@@ -67,10 +82,13 @@ __all__ = [
     "patch_file",
 ]
 
-MAGIC = b"MZDELTA\x00"
+MAGIC = b"MZDELTA\x00"  # an unsigned patch; the last byte holds the flags
 FORMAT_VERSION = 1
+FLAG_SIGNED = 1
 _PREFIX = struct.Struct("<8sBI")
 _HASH = 32
+_PUBLIC_KEY = 32
+_SIGNATURE = 64
 MAX_HEADER_BYTES = 64 << 20  # inflated JSON header
 MAX_ELEMENTS = 1 << 28  # as the artifact reader: far above any model this tool targets
 MAX_CODEBOOK = 4096
@@ -268,20 +286,30 @@ def make_delta(old: bytes, new: bytes | Mapping[str, np.ndarray], *,
                hints: Mapping[str, Any] | None = None, tolerance: float = 0.0,
                delta_coder: str = "best", artifact_coder: str = "best",
                model: dict | None = None, meta: dict | None = None,
-               fec: float | str | None = None) -> bytes:
+               fec: float | str | None = None,
+               sign: Ed25519PrivateKey | str | os.PathLike[str] | None = None) -> bytes:
     """The patch that turns the .mzip bytes ``old`` into ``new``: .mzip bytes, or arrays by
     name (written with ``model`` and ``meta``, by default the old file's). ``hints``: the
     grids the new weights were quantized to (``modelzip.quant.grid_hints(model)``); the new
     file is written with them, as ``pack`` writes it. ``tolerance`` > 0 lets float tensors
     change by at most that much (plus float32 rounding) when it makes the patch smaller;
     0 sends every tensor exactly. ``fec``: Reed-Solomon parity the patcher adds to the
-    result (as ``pack --fec``; ``modelzip.flight.fec``). The patch is applied once here and
-    checked: it always yields the result it names (``new`` itself when lossless)."""
+    result (as ``pack --fec``; ``modelzip.flight.fec``). ``sign``: an Ed25519 private key
+    (or its PEM file, ``modelzip keygen``) that signs the patch and the result it yields (a
+    signed ``new`` must be signed by this key). The patch is applied once here and checked:
+    it always yields the result it names (``new`` itself when lossless)."""
     if delta_coder not in DELTA_CODERS:
         raise ConfigError(f"unknown delta coder {delta_coder!r}; choose one of "
                           f"{', '.join(DELTA_CODERS)}")
     if not (isinstance(tolerance, int | float) and math.isfinite(tolerance) and tolerance >= 0):
         raise ConfigError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+    private = None
+    if sign is not None:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from modelzip.flight.sign import load_private_key
+
+        private = sign if isinstance(sign, Ed25519PrivateKey) else load_private_key(sign)
     base = read_artifact(bytes(old))
     target = None
     if isinstance(new, bytes | bytearray | memoryview):
@@ -323,17 +351,23 @@ def make_delta(old: bytes, new: bytes | Mapping[str, np.ndarray], *,
         "tensors": entries, "lossless": all(exact.values()), "max_abs_error": worst,
         "fec": _parity(fec),
     }
-    bare = _write_result(base.tensors, {**header, "fec": None}, b"".join(payload))
+    bare = plain = _write_result(base.tensors, {**header, "fec": None}, b"".join(payload))
+    if private is not None:
+        from modelzip.flight.sign import sign_artifact
+
+        signed = sign_artifact(bare, private)
+        header["result_signature"] = signed[len(signed) - _PUBLIC_KEY - _SIGNATURE:].hex()
+        bare = signed
     result = bare if header["fec"] is None else protect_artifact(bare, fec=header["fec"])
     # the new file as given: with the parity it was packed with, or without any
-    if header["lossless"] and target is not None and target not in (result, bare):
+    if header["lossless"] and target is not None and target not in (result, bare, plain):
         raise PatchError("the new file is not reproduced from its tensors: it was written "
                          "with grids not given as hints, with another coder, with FEC parity "
                          "or a signature, or by another modelzip version; pass "
                          "hints=grid_hints(model), the coder and the fec it was packed with "
-                         "(a signed file cannot be rebuilt by the patcher)")
+                         "(a signed file: pass the key it was signed with as sign=)")
     header.update(result_sha256=hashlib.sha256(result).hexdigest(), result_bytes=len(result))
-    patch = _serialize(header, b"".join(payload))
+    patch = _serialize(header, b"".join(payload), private)
     if apply_patch(old, patch) != result:  # the patcher's own path, once, before it is sent
         raise PatchError("the patch does not reproduce its result; this is a bug in modelzip")
     return patch
@@ -347,17 +381,63 @@ def _parity(fec: float | str | None) -> float | None:
     return float(parse_parity(fec))
 
 
-def _serialize(header: dict, payload: bytes) -> bytes:
+def _serialize(header: dict, payload: bytes, private: Ed25519PrivateKey | None = None
+               ) -> bytes:
     text = zlib.compress(json.dumps(header, sort_keys=True, separators=(",", ":")).encode(), 9)
-    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(text)) + text + payload
-    return body + hashlib.sha256(body).digest()
+    magic = MAGIC[:-1] + bytes([FLAG_SIGNED if private is not None else 0])
+    body = _PREFIX.pack(magic, FORMAT_VERSION, len(text)) + text + payload
+    body += hashlib.sha256(body).digest()
+    if private is None:
+        return body
+    from cryptography.hazmat.primitives import serialization
+
+    public = private.public_key().public_bytes(serialization.Encoding.Raw,
+                                               serialization.PublicFormat.Raw)
+    body += public
+    return body + private.sign(body)
+
+
+def _unsign(patch: bytes, trusted_keys: Sequence[bytes] | None) -> tuple[bytes, bytes | None]:
+    """The patch without its signature block, and the signer's public key (None when
+    unsigned). Given ``trusted_keys``, an unsigned patch, or one not signed by one of them,
+    is refused here, before anything else is read."""
+    if len(patch) < _PREFIX.size + _HASH or patch[:len(MAGIC) - 1] != MAGIC[:-1]:
+        raise PatchError("not a modelzip patch (no MZDELTA header); is it a .mzipd file?")
+    flags = patch[len(MAGIC) - 1]
+    if flags & ~FLAG_SIGNED:
+        raise PatchError(f"the patch has unknown flags {flags:#04x}: it is damaged or from a "
+                         "newer modelzip")
+    signed = bool(flags & FLAG_SIGNED)
+    block = _PUBLIC_KEY + _SIGNATURE
+    if signed and len(patch) < _PREFIX.size + _HASH + block:
+        raise PatchError("the patch is damaged or truncated (shorter than its signature)")
+    signer = bytes(patch[len(patch) - block:len(patch) - _SIGNATURE]) if signed else None
+    if trusted_keys is not None:
+        from modelzip.flight.sign import fingerprint, verify_signature
+
+        trusted = {bytes(k) for k in trusted_keys}
+        if any(len(k) != _PUBLIC_KEY for k in trusted):
+            raise ConfigError("trusted keys are raw 32-byte Ed25519 public keys; read key "
+                              "files with modelzip.flight.sign.load_trusted_keys")
+        if signer is None:
+            raise PatchError("the patch is not signed, and this patcher accepts only patches "
+                             "signed by its trusted keys; make it with: modelzip delta --sign "
+                             "KEY")
+        if signer not in trusted:
+            raise PatchError(f"the patch is signed by key {fingerprint(signer)}, which is not "
+                             "among the trusted keys")
+        if not verify_signature(signer, patch[len(patch) - _SIGNATURE:],
+                                patch[:len(patch) - _SIGNATURE]):
+            raise PatchError(f"the patch's signature by key {fingerprint(signer)} does not "
+                             "verify: it was changed after it was signed, or is forged")
+    return (patch[:len(patch) - block] if signed else patch), signer
 
 
 # ============================================================================ applying
-def _parse(patch: bytes) -> tuple[dict, bytes]:
-    """The checked header and the payload of a patch."""
-    if len(patch) < _PREFIX.size + _HASH or patch[:len(MAGIC)] != MAGIC:
-        raise PatchError("not a modelzip patch (no MZDELTA header); is it a .mzipd file?")
+def _parse(patch: bytes, trusted_keys: Sequence[bytes] | None = None) -> tuple[dict, bytes]:
+    """The checked header and the payload of a patch (its signature checked first when
+    ``trusted_keys`` are given)."""
+    patch, signer = _unsign(patch, trusted_keys)
     body, digest = patch[:-_HASH], patch[-_HASH:]
     if hashlib.sha256(body).digest() != digest:
         raise PatchError("the patch is damaged or truncated (its SHA-256 does not match); "
@@ -377,6 +457,13 @@ def _parse(patch: bytes) -> tuple[dict, bytes]:
     if inflate.unconsumed_tail or not isinstance(header, dict):
         raise PatchError("the patch header is too large or not an object")
     _check_header(header)
+    signature = header.get("result_signature")
+    if signature is not None and (
+            signer is None or not isinstance(signature, str) or len(signature) != 192
+            or not all(c in "0123456789abcdef" for c in signature)
+            or bytes.fromhex(signature[:64]) != signer):
+        raise PatchError("patch header: 'result_signature' is not the signer's key and a "
+                         "signature")
     return header, body[_PREFIX.size + size:]
 
 
@@ -412,11 +499,14 @@ def _check_header(h: dict) -> None:
              f"grid {name!r} is malformed")
 
 
-def apply_patch(old: bytes, patch: bytes) -> bytes:
+def apply_patch(old: bytes, patch: bytes, *,
+                trusted_keys: Sequence[bytes] | None = None) -> bytes:
     """The new .mzip bytes: ``patch`` applied to ``old``. Raises PatchError, naming both
     hashes, when ``old`` is not the patch's base (or is already its result), and when the
-    patch is damaged or its result does not come out bit for bit."""
-    header, payload = _parse(bytes(patch))
+    patch is damaged or its result does not come out bit for bit. ``trusted_keys`` (raw
+    Ed25519 public keys, ``modelzip.flight.sign.load_trusted_keys``): accept only a patch
+    signed by one of them, checked before anything else."""
+    header, payload = _parse(bytes(patch), trusted_keys)
     have = hashlib.sha256(old).hexdigest()
     if have != header["base_sha256"]:
         if have == header["result_sha256"]:
@@ -464,6 +554,9 @@ def _write_result(old: Mapping[str, np.ndarray], header: dict, payload: bytes) -
     try:
         blob = write_artifact(tensors, model=header["model"], meta=header["meta"],
                               coder=header["artifact_coder"], hints=hints)
+        if header.get("result_signature"):  # the sender's signature of this very file
+            signature = bytes.fromhex(header["result_signature"])
+            blob = add_signature(blob, signature[:_PUBLIC_KEY], lambda _: signature[_PUBLIC_KEY:])
         return blob if header.get("fec") is None else protect_artifact(blob, fec=header["fec"])
     except ArtifactError as exc:
         raise PatchError(f"the patched tensors cannot be written ({exc})") from None
@@ -530,8 +623,9 @@ def _apply_one(old: np.ndarray | None, e: dict, data: bytes, scales: np.ndarray 
 # ============================================================================ files, summary
 def describe_patch(patch: bytes) -> dict[str, Any]:
     """What a patch holds (checked, nothing decoded): its hashes, size, lossless flag, max
-    error, and bytes by mode and by coding."""
+    error, bytes by mode and by coding, and its signer's key fingerprint (None: unsigned)."""
     header, _ = _parse(bytes(patch))
+    _, signer = _unsign(bytes(patch), None)
     by_mode: dict[str, int] = {}
     by_coding: dict[str, int] = {}
     for e in header["tensors"].values():
@@ -542,17 +636,22 @@ def describe_patch(patch: bytes) -> dict[str, Any]:
             "result_sha256": header["result_sha256"], "result_bytes": header.get("result_bytes"),
             "lossless": header.get("lossless"), "max_abs_error": header.get("max_abs_error"),
             "tensors": len(header["tensors"]), "bytes_by_mode": by_mode,
-            "bytes_by_coding": by_coding,
+            "bytes_by_coding": by_coding, "signer": _fingerprint(signer),
             "grid_bytes": sum(4 * g["channels"] for g in header["grids"].values())}
 
 
+def _fingerprint(public_key: bytes | None) -> str | None:
+    return None if public_key is None else hashlib.sha256(public_key).hexdigest()[:16]
+
+
 def patch_file(old_path: str | os.PathLike[str], patch_path: str | os.PathLike[str],
-               out_path: str | os.PathLike[str]) -> bytes:
+               out_path: str | os.PathLike[str], *,
+               trusted_keys: Sequence[bytes] | None = None) -> bytes:
     """Apply a patch file to a .mzip file and write the result atomically to ``out_path``
     (which may be ``old_path``): on any error, or a crash while writing, the old file stays
-    as it was. Returns the new bytes."""
+    as it was. ``trusted_keys``: see ``apply_patch``. Returns the new bytes."""
     old = _read(old_path, "model file")
-    new = apply_patch(old, _read(patch_path, "patch"))
+    new = apply_patch(old, _read(patch_path, "patch"), trusted_keys=trusted_keys)
     write_atomic(out_path, new)
     return new
 

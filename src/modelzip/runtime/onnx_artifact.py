@@ -46,6 +46,12 @@ The manifest's ``model`` record of such an artifact (``kind`` "onnx-graph"; an a
     num_outputs        last dimension of a 2-D first output (classes), when fixed
     precision          "int8" when the graph holds quantization operators, else "fp32"
     initializers       names of the stored tensors (the placeholders' arrays)
+
+The runner does not trust this record: it reads the input and output names, dtypes and
+shapes, the batch and the precision from the stored graph itself (``graph_spec_of``: a
+bounded reader of the few protobuf fields involved, so that it needs no onnx package), and
+refuses a file whose record disagrees with its graph (a manifest edited with its checksums
+recomputed) with one error line.
 """
 
 from __future__ import annotations
@@ -439,13 +445,16 @@ def pack_model_onnx(model: nn.Module, *, int8: bool,
                     calibration: np.ndarray | Mapping[str, np.ndarray] | None = None,
                     meta: dict[str, Any] | None = None, calibration_method: str = "minmax",
                     coder: str = "best", example_inputs: Any = None,
-                    reduce_range: bool | None = None) -> bytes:
+                    reduce_range: bool | None = None, clip_activations: bool = False) -> bytes:
     """Export a PyTorch model to ONNX (and quantize it to static int8 when ``int8``, calibrated
     on ``calibration``: inputs as the graph takes them, e.g. normalized float32 images
     (N, C, H, W), or a dict by input name for a model of several inputs), then ``pack_onnx``
     it. ``example_inputs`` (a tensor, tuple or dict of tensors) is what a model that does not
     take one image tensor is traced with; ``reduce_range``: 7-bit int8 weights, None: decided
     by this CPU's features and recorded in meta["quantization"] (see ``quantize_onnx_int8``).
+    ``clip_activations``: bound every activation to its range on the calibration inputs
+    (before quantizing; ``modelzip.flight.ranger``), the bounds recorded in
+    meta["activation_clip"].
     When calibration inputs are given, the export is
     also checked against PyTorch on the first 64 of them, and the packed artifact against the
     ONNX graph on the first 8."""
@@ -460,12 +469,19 @@ def pack_model_onnx(model: nn.Module, *, int8: bool,
         part = np.ascontiguousarray(calibration[:n], dtype=np.float32)
         return torch.from_numpy(part) if as_torch else part
 
-    if int8 and (calibration is None or len(calibration) == 0):
-        raise ConfigError("int8 packing needs calibration inputs (a few hundred normalized "
-                          "training images, float32 (N, C, H, W), or a dict by input name)")
+    if (int8 or clip_activations) and (calibration is None or len(calibration) == 0):
+        raise ConfigError(f"{'int8 packing' if int8 else 'activation clipping'} needs "
+                          "calibration inputs (a few hundred normalized training images, "
+                          "float32 (N, C, H, W), or a dict by input name)")
     check = None if calibration is None else first(64, True)
     onnx_bytes = export_onnx(model, check_inputs=check, example_inputs=example_inputs)
     info = dict(meta or {})
+    if clip_activations:
+        from modelzip.flight.ranger import clip_activations as clip
+
+        data = dict(calibration) if isinstance(calibration, Mapping) else np.asarray(calibration)
+        onnx_bytes, bounds = clip(onnx_bytes, data)
+        info["activation_clip"] = bounds
     if int8:
         from modelzip.runtime.int8 import quantize_onnx_int8
 
@@ -520,23 +536,153 @@ class NoOnnxGraphError(ModelzipError):
     """The artifact was packed without an ONNX graph, so the runner cannot run it."""
 
 
-def _dim(value: Any) -> int | None:
-    if value is None:
-        return None
-    if type(value) is not int or value < 0:
-        raise ValueError(f"dimension {value!r}")
-    return value
+# ---------------------------------------------------------------------------- graph I/O
+# The protobuf wire format of the few ONNX fields the runner needs (onnx.proto3 numbers):
+# ModelProto.graph 7; GraphProto node 1, initializer 5, input 11, output 12; NodeProto
+# op_type 4; TensorProto name 8; ValueInfoProto name 1, type 2; TypeProto tensor_type 1;
+# TypeProto.Tensor elem_type 1, shape 2; TensorShapeProto dim 1; Dimension dim_value 1.
+_MAX_GRAPH_DIMS = 64
 
 
-def _input_specs(model: dict[str, Any]) -> tuple[InputSpec, ...]:
-    """The manifest's ``inputs``; () for artifacts written before it existed."""
-    items = model.get("inputs")
-    if items is None:
-        return ()
-    if not isinstance(items, list) or not items:
-        raise ValueError("'inputs' is not a non-empty list")
-    return tuple(InputSpec(str(i["name"]), tuple(_dim(d) for d in i["shape"]), str(i["dtype"]))
-                 for i in items)
+class _Wire:
+    """The fields of one protobuf message: {number: [values]} (ints for varint and fixed
+    fields, memoryviews for length-delimited ones); ValueError on malformed bytes."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
+        self.fields: dict[int, list[Any]] = {}
+        pos, end = 0, len(view)
+        while pos < end:
+            key, pos = self._varint(view, pos)
+            number, wire = key >> 3, key & 7
+            if wire == 0:
+                value, pos = self._varint(view, pos)
+            elif wire in (1, 5):
+                size = 8 if wire == 1 else 4
+                value, pos = int.from_bytes(view[pos:pos + size], "little"), pos + size
+            elif wire == 2:
+                size, pos = self._varint(view, pos)
+                value, pos = view[pos:pos + size], pos + size
+            else:
+                raise ValueError(f"protobuf wire type {wire}")
+            if pos > end or number == 0:
+                raise ValueError("truncated or malformed protobuf")
+            self.fields.setdefault(number, []).append(value)
+
+    @staticmethod
+    def _varint(view: memoryview, pos: int) -> tuple[int, int]:
+        value = shift = 0
+        for i in range(10):
+            if pos + i >= len(view):
+                break
+            byte = view[pos + i]
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value, pos + i + 1
+        raise ValueError("truncated or malformed varint")
+
+    def messages(self, number: int) -> list[_Wire]:
+        return [_Wire(v) for v in self._of(number, memoryview)]
+
+    def message(self, number: int) -> _Wire | None:
+        found = self.messages(number)
+        return found[-1] if found else None
+
+    def text(self, number: int) -> str:
+        found = self._of(number, memoryview)
+        return bytes(found[-1]).decode("utf-8") if found else ""
+
+    def integer(self, number: int) -> int | None:
+        found = self._of(number, int)
+        return found[-1] if found else None
+
+    def _of(self, number: int, kind: type) -> list[Any]:
+        values = self.fields.get(number, [])
+        if not all(isinstance(v, kind) for v in values):
+            raise ValueError(f"protobuf field {number} has the wrong wire type")
+        return values
+
+
+def _wire_value(info: _Wire) -> tuple[str, int | None, list[int | None] | None]:
+    """(name, ONNX element type or None when not a tensor, dimensions or None without a
+    shape) of a ValueInfoProto."""
+    name = info.text(1)
+    tensor = (info.message(2) or _Wire(b"")).message(1)
+    if tensor is None:
+        return name, None, None
+    shape = tensor.message(2)
+    if shape is None:
+        return name, tensor.integer(1), None
+    dims: list[int | None] = []
+    for dim in shape.messages(1)[:_MAX_GRAPH_DIMS + 1]:
+        value = dim.integer(1)
+        if value is not None and value >= 1 << 62:
+            raise ValueError(f"input {name!r} has a negative or huge dimension")
+        dims.append(value)
+    if len(dims) > _MAX_GRAPH_DIMS:
+        raise ValueError(f"input {name!r} has more than {_MAX_GRAPH_DIMS} dimensions")
+    return name, tensor.integer(1), dims
+
+
+def graph_spec_of(graph: bytes, *, source: str = "the artifact") -> OnnxGraphSpec:
+    """The inputs, outputs, batch and precision of a serialized ONNX model, read from its
+    bytes (no onnx package): what ``split_initializers`` records at pack time. Raises
+    ModelzipError naming what it cannot read."""
+    try:
+        model = _Wire(graph)
+        main = model.message(7)
+        if main is None:
+            raise ValueError("no graph")
+        initializers = {t.text(8) for t in main.messages(5)}
+        values = [_wire_value(v) for v in main.messages(11)]
+        outputs = [_wire_value(v) for v in main.messages(12)]
+        ops = {n.text(4) for n in main.messages(1)}
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ModelzipError(f"{source}: the stored graph is not a readable ONNX model ({exc}); "
+                            "pack the model again") from None
+    inputs, batches = [], set()
+    for name, elem, dims in values:
+        if name in initializers:
+            continue
+        if elem not in _INPUT_DTYPES or not dims:
+            raise ModelzipError(f"{source}: graph input {name!r} is not a tensor of a dtype "
+                                "and shape the runner feeds; pack the model again")
+        if dims[0] is not None:
+            batches.add(dims[0])
+        inputs.append(InputSpec(name, tuple(dims[1:]), _INPUT_DTYPES[elem]))
+    if not inputs or not outputs:
+        raise ModelzipError(f"{source}: the stored graph has {len(inputs)} inputs and "
+                            f"{len(outputs)} outputs; the runner needs at least one of each: "
+                            "pack the model again")
+    if len(batches) > 1:
+        raise ModelzipError(f"{source}: the stored graph's inputs have different fixed batch "
+                            f"sizes {sorted(batches)}; pack the model again")
+    out_dims = outputs[0][2] or []
+    first = inputs[0]
+    return OnnxGraphSpec(
+        input_name=first.name, input_shape=first.shape, input_dtype=first.dtype,
+        batch=batches.pop() if batches else None, output_name=outputs[0][0],
+        num_outputs=out_dims[-1] if len(out_dims) == 2 else None,
+        precision="int8" if ops & _QUANT_OPS else "fp32", inputs=tuple(inputs),
+        outputs=tuple(o[0] for o in outputs))
+
+
+def _check_record(model: dict[str, Any], spec: OnnxGraphSpec, source: str) -> None:
+    """Refuse a manifest record that disagrees with the graph (names, shapes, dtypes, batch,
+    outputs, precision): the runner acts on the graph, and a record that says otherwise was
+    edited or is from another tool."""
+    for key, value in spec.to_dict().items():
+        if key not in model:
+            continue  # files packed before the field existed
+        stated = model[key]
+        if key == "inputs" and isinstance(stated, list):
+            stated = [{**i, "shape": list(i["shape"])} if isinstance(i, dict)
+                      and isinstance(i.get("shape"), list) else i for i in stated]
+        if stated != value or type(stated) is not type(value):
+            raise ModelzipError(f"{source}: the manifest says {key} is {stated!r} but the "
+                                f"stored graph has {value!r}; the file was edited after it "
+                                "was packed: pack the model again")
 
 
 def load_onnx_package(artifact: Artifact, *, source: str = "the artifact") -> OnnxPackage:
@@ -554,27 +700,17 @@ def load_onnx_package(artifact: Artifact, *, source: str = "the artifact") -> On
     if kind is not None and kind != MODEL_KIND:
         raise ModelzipError(f"{source}: its model is of kind {kind!r}, which this runner does "
                             f"not know (it runs {MODEL_KIND!r}); use a newer modelzip")
-    if model.get("graph_blob", GRAPH_BLOB) not in blobs:
+    blob_name = model.get("graph_blob", GRAPH_BLOB)
+    if not isinstance(blob_name, str) or blob_name not in blobs:
         raise ModelzipError(f"{source}: the manifest describes an ONNX model but the file holds "
                             "no graph blob; pack the model again")
-    try:
-        spec = OnnxGraphSpec(
-            input_name=str(model["input_name"]),
-            input_shape=tuple(_dim(d) for d in model["input_shape"]),
-            input_dtype=str(model["input_dtype"]),
-            batch=None if model.get("batch") is None else int(model["batch"]),
-            output_name=str(model["output_name"]),
-            num_outputs=None if model.get("num_outputs") is None else int(model["num_outputs"]),
-            precision=str(model.get("precision", "fp32")),
-            inputs=_input_specs(model),
-            outputs=tuple(str(o) for o in model.get("outputs") or ()))
-        names = [str(n) for n in model["initializers"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelzipError(f"{source}: the ONNX model description in the manifest is "
-                            f"incomplete ({exc!r}); pack the model again") from None
-    for item in spec.inputs:
-        if item.dtype not in _INPUT_DTYPE_NAMES:
-            raise ModelzipError(f"{source}: unsupported graph input dtype {item.dtype!r}")
+    graph = blobs[blob_name]
+    spec = graph_spec_of(graph, source=source)  # from the graph, not from the manifest
+    _check_record(model, spec, source)
+    names = model.get("initializers")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ModelzipError(f"{source}: the ONNX model description in the manifest has no "
+                            "list of initializer names; pack the model again")
     tensors = artifact.tensors
     missing = sorted(set(names) - set(tensors))
     extra = sorted(set(tensors) - set(names))
@@ -584,8 +720,7 @@ def load_onnx_package(artifact: Artifact, *, source: str = "the artifact") -> On
     arrays = {n: np.require(tensors[n], requirements="C") for n in names}
     meta = dict(artifact.meta or {})
     _check_meta(meta, spec, source)
-    return OnnxPackage(graph=blobs[model.get("graph_blob", GRAPH_BLOB)], initializers=arrays,
-                       spec=spec, meta=meta)
+    return OnnxPackage(graph=graph, initializers=arrays, spec=spec, meta=meta)
 
 
 def _real(value: Any) -> bool:
@@ -655,7 +790,7 @@ def input_spec_text(spec: OnnxGraphSpec, package: OnnxPackage | None = None) -> 
         raw = [_shape_text(batch, spec.input_shape)]
         if c == 1:
             raw.insert(0, _shape_text(batch, tuple(hw)))
-        elif len(hw) == 2:
+        if len(hw) == 2:
             raw.append(_shape_text(batch, (*hw, c)))
         text += (f" (or uint8 images {' or '.join(raw)}, which are normalized with the stored "
                  "mean/std)")

@@ -3,7 +3,7 @@
 
     modelzip run FILE.mzip --input inputs.npy [--output preds.npy] [--threads 1]
                  [--backend auto|onnxruntime|openvino] [--precision fp32|bf16]
-                 [--batch-size N] [--logits]
+                 [--batch-size N] [--logits] [--scrub N] [--trusted-key PUB]
 
 Its import closure is numpy, onnxruntime, modelzip's decoder and, for the OpenVINO backend,
 openvino: no torch, no onnx, no CLI framework (``modelzip.entry`` dispatches ``run`` here
@@ -21,6 +21,18 @@ far above what the stored statistics allow, or whole numbers 0..255), since runn
 would give confident nonsense. A graph with several inputs (a text encoder's ``input_ids``
 and ``attention_mask``) takes a dict of arrays by input name (on the command line: an .npz
 archive holding one array per input, written with ``numpy.savez``).
+
+In-memory protection (``Runner(..., scrub_every=N)``, ``modelzip run --scrub N``,
+``runner.scrub()``): the runner keeps the decoded weight arrays it built the backend from,
+with the CRC32 of each. A scrub re-checks them; a damaged array (a bit flipped in memory) is
+replaced by reading the file again (FEC-corrected when it carries parity, signature checked
+when keys are trusted), and the backend is rebuilt from the checked arrays after every scrub.
+The rebuild is not optional: onnxruntime copies the weights it is given into its own buffers
+(and prepacks them for its kernels), so a flip in those copies is out of reach of any
+checksum, and the rebuild bounds its life to N inferences; a flip in the runner's arrays, in
+turn, reaches inference only through a rebuild, which the check before it catches. When the
+file itself cannot be repaired the runner stops: this and every later call raise ScrubError
+instead of running wrong weights.
 """
 
 from __future__ import annotations
@@ -30,11 +42,14 @@ import io
 import math
 import os
 import sys
+import tokenize
 import warnings
 import zipfile
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -47,8 +62,8 @@ from modelzip.runtime.onnx_artifact import (
     load_onnx_package,
 )
 
-__all__ = ["Runner", "check_normalized", "load_images", "load_inputs", "main", "normalize_uint8",
-           "prepare_input", "prepare_inputs"]
+__all__ = ["Runner", "ScrubError", "ScrubReport", "check_normalized", "load_images",
+           "load_inputs", "main", "normalize_uint8", "prepare_input", "prepare_inputs"]
 
 DEFAULT_BATCH_SIZE = 64
 RAW_PIXEL_LIMIT = 20.0  # float32 values above this are not normalized images (see below)
@@ -147,7 +162,7 @@ def prepare_input(images: np.ndarray, package: OnnxPackage) -> np.ndarray:
             nchw = images
         elif c == 1 and _fits(images.shape[1:], tuple(hw)):
             nchw = images[:, None]
-        elif c is not None and c > 1 and len(hw) == 2 and _fits(images.shape[1:], (*hw, c)):
+        elif c is not None and len(hw) == 2 and _fits(images.shape[1:], (*hw, c)):
             nchw = images.transpose(0, 3, 1, 2)
         else:
             raise ShapeError(f"{got}; this model expects {expected}")
@@ -221,31 +236,83 @@ def load_inputs(path: str | os.PathLike[str], names: list[str] | tuple[str, ...]
                             f"takes {', '.join(names)} (missing: {', '.join(missing)})")
         try:
             return {n: data[n] for n in names}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        except _READ_ERRORS as exc:
             raise DataError(f"{path}: not a readable .npz archive ({exc}); save plain "
                             "numeric arrays with numpy.savez") from None
 
 
-def _check_npy_size(path: Path) -> None:
-    """Refuse a .npy file whose header declares more data than the file holds, before
-    numpy allocates it (a 300-byte file must not ask for gigabytes)."""
+NPY_MAGIC = b"\x93NUMPY"
+MAX_NPY_HEADER = 1 << 20  # numpy writes headers of a few hundred bytes
+MAX_DEFLATE_RATIO = 1032  # the most deflate can expand: a stated size beyond is forged
+# what numpy and zipfile raise on damaged files (tokenize's TokenError: a mangled header;
+# RuntimeError: a member flagged encrypted, NotImplementedError: an unknown compression)
+_READ_ERRORS = (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError,
+                zipfile.BadZipFile, RuntimeError, zlib.error, KeyError)
+
+
+def _check_npy_stream(f: Any, what: str, available: int) -> None:
+    """Check the .npy stream ``f`` (at its start, ``available`` bytes long) before numpy
+    reads it: a version numpy writes, a header within the stream, and array data of exactly
+    the size the header declares (a 300-byte file must not make numpy allocate gigabytes)."""
+    head = f.read(12)
+    if head[:6] != NPY_MAGIC or len(head) < 10:
+        raise DataError(f"{what}: not a .npy array (no NUMPY header); save the images with "
+                        "numpy.save as a plain numeric array")
+    major, minor = head[6], head[7]
+    if (major, minor) not in ((1, 0), (2, 0), (3, 0)):
+        raise DataError(f"{what}: .npy format version {major}.{minor}, which numpy never "
+                        "writes: the file is damaged; save it again with numpy.save")
+    width = 2 if major == 1 else 4
+    header_bytes = int.from_bytes(head[8:8 + width], "little")
+    start = 8 + width
+    if header_bytes > min(MAX_NPY_HEADER, available - start):
+        raise DataError(f"{what}: its header declares a {header_bytes:,}-byte header but "
+                        f"the file holds {max(0, available - start):,} bytes after it; the "
+                        "file is truncated or not what it says: save it again")
+    header = head + f.read(start + header_bytes - len(head))
     try:
-        with open(path, "rb") as f:
-            if f.read(6) != b"\x93NUMPY":
-                return  # not .npy (an .npz archive, or not numpy at all): np.load decides
-            f.seek(0)
-            version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, _, dtype = read_header(f)
-            declared = math.prod(shape) * dtype.itemsize
-            held = os.fstat(f.fileno()).st_size - f.tell()
-    except (ValueError, OSError, EOFError):
-        return  # np.load gives its own error for a header it cannot read
+        buf = io.BytesIO(header)
+        version = np.lib.format.read_magic(buf)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(buf, max_header_size=MAX_NPY_HEADER)
+    except _READ_ERRORS as exc:
+        raise DataError(f"{what}: not a readable .npy array ({exc}); save the images with "
+                        "numpy.save as a plain numeric array") from None
+    declared = math.prod(shape) * dtype.itemsize
+    held = available - start - header_bytes
     if declared != held:
-        raise DataError(f"{path}: its header declares an array of shape {shape} "
+        raise DataError(f"{what}: its header declares an array of shape {shape} "
                         f"({declared:,} bytes) but the file holds {held:,} bytes of data; "
                         "the file is truncated or not what it says: save it again")
+
+
+def _check_npy_size(path: Path) -> None:
+    """Refuse a .npy file, or a member of an .npz archive, whose header declares more data
+    than it holds, before numpy allocates it."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if f.read(6) == NPY_MAGIC:
+                f.seek(0)
+                _check_npy_stream(f, str(path), size)
+                return
+        if not zipfile.is_zipfile(path):
+            return  # not numpy at all: np.load says so
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.file_size > MAX_DEFLATE_RATIO * max(info.compress_size, 1) + 4096:
+                    raise DataError(f"{path}: member {info.filename!r} claims "
+                                    f"{info.file_size:,} bytes from {info.compress_size:,}; "
+                                    "the archive is damaged or forged: save it again")
+                if info.filename.endswith(".npy"):
+                    with archive.open(info) as member:
+                        _check_npy_stream(member, f"{path}: {info.filename}", info.file_size)
+    except DataError:
+        raise
+    except _READ_ERRORS as exc:
+        raise DataError(f"{path}: not a readable .npy array or .npz archive ({exc}); save "
+                        "the arrays with numpy.save or numpy.savez") from None
 
 
 def _load(path: Path) -> np.ndarray | np.lib.npyio.NpzFile:
@@ -257,7 +324,7 @@ def _load(path: Path) -> np.ndarray | np.lib.npyio.NpzFile:
         raise DataError(f"{path}: input file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder; pass a .npy file") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except _READ_ERRORS as exc:
         raise DataError(f"{path}: not a readable .npy array ({exc}); save the images with "
                         "numpy.save as a plain numeric array") from None
 
@@ -275,46 +342,142 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
 
 
 # ---------------------------------------------------------------------------- the runner
+class ScrubError(ModelzipError):
+    """The weights in memory are damaged and the file cannot repair them: the runner stops."""
+
+
+@dataclass(frozen=True)
+class ScrubReport:
+    """What one scrub found and did: the arrays whose checksum failed, whether the file was
+    read again (and what its FEC parity corrected), and the inferences run so far."""
+
+    damaged: tuple[str, ...]
+    reloaded: bool
+    fec: Any  # the FecReport of the reloaded file, or None
+    inferences: int
+
+    @property
+    def clean(self) -> bool:
+        return not self.damaged
+
+
+def _checksums(arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
+    return {name: zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"))
+            for name, a in arrays.items()}
+
+
 class Runner:
     """A backend (onnxruntime, OpenVINO: ``modelzip.runtime.backends``) on an artifact's
     graph, and how to feed it. ``backend_info`` says which backend, version and precision
-    run it."""
+    run it. ``scrub_every`` N > 0: ``scrub()`` before every Nth inference (see the module
+    docstring); ``reload`` gives the package again from its file (``from_file`` and
+    ``from_bytes`` set it), without which a damaged array stops the runner."""
 
     def __init__(self, package: OnnxPackage, *, threads: int = 1,
-                 backend: str = "onnxruntime", precision: str = "fp32") -> None:
+                 backend: str = "onnxruntime", precision: str = "fp32",
+                 scrub_every: int = 0,
+                 reload: Callable[[], tuple[OnnxPackage, Any]] | None = None) -> None:
         from modelzip.runtime.backends import open_backend
 
+        if isinstance(scrub_every, bool) or not isinstance(scrub_every, int) or scrub_every < 0:
+            raise ConfigError(f"scrub_every must be an integer >= 0 (0: no scrub), got "
+                              f"{scrub_every!r}")
         self.package = package
         self.spec = package.spec
         self.backend = open_backend(package, backend, threads=threads, precision=precision)
         self.fec = None  # what FEC parity corrected when the file was read (a FecReport)
+        self.scrub_every = scrub_every
+        self.inferences = 0
+        self.scrubs: list[ScrubReport] = []  # the scrubs that found damage
+        self._reload = reload
+        # a rebuild opens the backend that runs now (auto measured once, at load)
+        self._backend_args = {"backend": self.backend.name, "threads": threads,
+                              "precision": precision}
+        self._checksums = _checksums(package.initializers)
+        self._stopped: str | None = None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], *, threads: int = 1,
                   backend: str = "onnxruntime", precision: str = "fp32",
-                  trusted_keys: Sequence[bytes] | None = None) -> Runner:
+                  trusted_keys: Sequence[bytes] | None = None, scrub_every: int = 0) -> Runner:
         """Read, check and decode a .mzip file (ArtifactError when it is damaged, or, given
         ``trusted_keys``, not signed by one of them). FEC parity is corrected first;
-        ``runner.fec`` says what was corrected."""
+        ``runner.fec`` says what was corrected. A scrub reads the file again."""
         from modelzip.codec.artifact import read_artifact_file
 
-        artifact = read_artifact_file(path, trusted_keys=trusted_keys)
-        runner = cls(load_onnx_package(artifact, source=str(path)), threads=threads,
-                     backend=backend, precision=precision)
-        runner.fec = artifact.fec
+        def reload() -> tuple[OnnxPackage, Any]:
+            artifact = read_artifact_file(path, trusted_keys=trusted_keys)
+            return load_onnx_package(artifact, source=str(path)), artifact.fec
+
+        package, fec = reload()
+        runner = cls(package, threads=threads, backend=backend, precision=precision,
+                     scrub_every=scrub_every, reload=reload)
+        runner.fec = fec
         return runner
 
     @classmethod
     def from_bytes(cls, data: bytes, *, threads: int = 1, backend: str = "onnxruntime",
-                   precision: str = "fp32",
-                   trusted_keys: Sequence[bytes] | None = None) -> Runner:
+                   precision: str = "fp32", trusted_keys: Sequence[bytes] | None = None,
+                   scrub_every: int = 0) -> Runner:
+        """As ``from_file``, from the file's bytes (kept: a scrub decodes them again)."""
         from modelzip.codec.artifact import read_artifact
 
-        artifact = read_artifact(data, trusted_keys=trusted_keys)
-        runner = cls(load_onnx_package(artifact), threads=threads, backend=backend,
-                     precision=precision)
-        runner.fec = artifact.fec
+        data = bytes(data)
+
+        def reload() -> tuple[OnnxPackage, Any]:
+            artifact = read_artifact(data, trusted_keys=trusted_keys)
+            return load_onnx_package(artifact), artifact.fec
+
+        package, fec = reload()
+        runner = cls(package, threads=threads, backend=backend, precision=precision,
+                     scrub_every=scrub_every, reload=reload)
+        runner.fec = fec
         return runner
+
+    def scrub(self) -> ScrubReport:
+        """Re-check the weight arrays against their checksums; read the file again when one
+        is damaged; rebuild the backend from the checked arrays. Raises ScrubError (and the
+        runner stops) when the damage cannot be repaired."""
+        if self._stopped is not None:
+            raise ScrubError(self._stopped)
+        arrays = self.package.initializers
+        held = _checksums(arrays)
+        damaged = tuple(sorted(n for n in set(held) | set(self._checksums)
+                               if held.get(n) != self._checksums.get(n)))
+        fec = None
+        if damaged:
+            what = (f"{len(damaged)} weight array(s) changed in memory "
+                    f"({', '.join(damaged[:3])}{', ...' if len(damaged) > 3 else ''})")
+            if self._reload is None:
+                self._stop(f"{what}, and this runner has no file to read them again from; "
+                           "stopped rather than run wrong weights")
+            try:
+                package, fec = self._reload()
+            except ModelzipError as exc:
+                self._stop(f"{what}, and the file cannot repair them ({exc}); stopped rather "
+                           "than run wrong weights: send the model again")
+            self.package, self.spec = package, package.spec
+            self._checksums = _checksums(package.initializers)
+        from modelzip.runtime.backends import open_backend
+
+        self.backend = open_backend(self.package, **self._backend_args)
+        report = ScrubReport(damaged, bool(damaged), fec, self.inferences)
+        if damaged:
+            self.scrubs.append(report)
+        return report
+
+    def _stop(self, message: str) -> NoReturn:
+        self._stopped = message
+        raise ScrubError(message)
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One inference of the backend, after a scrub when one is due."""
+        if self._stopped is not None:
+            raise ScrubError(self._stopped)
+        self.inferences += 1
+        if self.scrub_every and self.inferences % self.scrub_every == 0:
+            self.scrub()
+        return self.backend.run(feeds)
 
     @property
     def backend_info(self) -> dict[str, Any]:
@@ -336,7 +499,7 @@ class Runner:
         fixed = self.spec.batch
         step = fixed or batch_size
         if total <= step and not fixed:  # one batch: no slicing or concatenation
-            return self.backend.run(feeds)
+            return self._infer(feeds)
         outputs = []
         for start in range(0, total, step):
             chunk = {name: x[start:start + step] for name, x in feeds.items()}
@@ -344,7 +507,7 @@ class Runner:
             if fixed and n < fixed:  # a fixed-batch graph: pad the last batch, drop the padding
                 chunk = {name: np.concatenate([x, np.zeros((fixed - n, *x.shape[1:]), x.dtype)])
                          for name, x in chunk.items()}
-            out = self.backend.run(chunk)
+            out = self._infer(chunk)
             outputs.append(out[:n])
         return np.concatenate(outputs)
 
@@ -380,6 +543,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="images per inference")
     p.add_argument("--logits", action="store_true",
                    help="print (or with --output, write) the logits too")
+    p.add_argument("--scrub", type=int, default=0, metavar="N",
+                   help="re-check the weights in memory against their checksums before every "
+                        "Nth batch, read the file again when one is damaged, and rebuild the "
+                        "session (0: off); stops with an error when the file cannot repair "
+                        "them")
     p.add_argument("--trusted-key", type=Path, action="append", default=None,
                    help="accept only an artifact signed by this Ed25519 public key "
                         "(repeatable); an unsigned or wrongly signed file is refused before "
@@ -394,6 +562,8 @@ def _run(args: argparse.Namespace) -> None:
                           f"{args.threads}")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.scrub < 0:
+        raise ConfigError(f"--scrub must be >= 0 (0: off), got {args.scrub}")
     with warnings.catch_warnings(record=True) as caught:  # one "warning:" line each
         warnings.simplefilter("always", CpuFeatureWarning)
         trusted = None
@@ -402,13 +572,18 @@ def _run(args: argparse.Namespace) -> None:
 
             trusted = load_trusted_keys(args.trusted_key)
         runner = Runner.from_file(args.artifact, threads=args.threads, backend=args.backend,
-                                  precision=args.precision, trusted_keys=trusted)
+                                  precision=args.precision, trusted_keys=trusted,
+                                  scrub_every=args.scrub)
     if runner.fec is not None and not runner.fec.clean:
         print(f"warning: {args.artifact}: {runner.fec.describe()}", file=sys.stderr)
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
     inputs = load_inputs(args.input, [i.name for i in runner.spec.inputs])
     preds, logits = runner.predict(inputs, batch_size=args.batch_size)
+    for report in runner.scrubs:
+        print(f"warning: the scrub before inference {report.inferences} found "
+              f"{len(report.damaged)} damaged weight array(s) in memory and read them again "
+              f"from {args.artifact}", file=sys.stderr)
     classes = runner.classes
     if args.output is not None:
         _save_npy_atomic(args.output, logits if args.logits else preds)
