@@ -1,5 +1,6 @@
 """Entropy coders (Huffman, rANS, raw) and the byte-level pieces under them: round trips on
-random streams, closeness to the empirical entropy, and refusal of damaged streams."""
+random streams, closeness to the empirical entropy, refusal of damaged streams, and the
+compact tables (bit-coded table form, binned rANS model) against the legacy ones."""
 
 from __future__ import annotations
 
@@ -11,17 +12,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelzip.codec.bits import (
+    BITCODED,
+    MAX_BITCODED_ENTRIES,
     as_byte_array,
     decode_table,
     decode_varints,
     encode_table,
     encode_varints,
     pack_bits,
+    pack_fields,
+    read_fields,
+    table_size,
     unpack_bits,
 )
 from modelzip.codec.coders import (
+    BINNED,
     CODERS,
     MAX_CODE_LENGTH,
+    BinnedModel,
+    HuffmanCoder,
+    RansCoder,
     decode_symbols,
     empirical_entropy_bits,
     encode_symbols,
@@ -256,3 +266,161 @@ def test_table_picks_the_compact_form() -> None:
     assert len(sparse) <= 10
     with pytest.raises(ArtifactError, match="out of range"):
         decode_table(as_byte_array(sparse), 0, max_symbol=1000, what="test")
+
+
+# ---------------------------------------------------------------------------- compact tables
+def gap_stream(seed: int, n: int, density: float) -> np.ndarray:
+    """Index gaps of a randomly pruned tensor: geometric, hundreds of distinct values."""
+    return np.random.default_rng(seed).geometric(density, n) - 1
+
+
+def test_bit_coded_table_is_chosen_for_smooth_tables_and_round_trips() -> None:
+    symbols = gap_stream(seed=6, n=20_000, density=0.05)
+    present, counts = np.unique(symbols, return_counts=True)
+    lengths = huffman_code_lengths(counts)
+    data = encode_table(present, lengths)
+    legacy = encode_table(present, lengths, bitcoded=False)
+    assert data[0] == BITCODED and legacy[0] < BITCODED
+    assert len(data) < 0.6 * len(legacy)
+    got, values, end = decode_table(as_byte_array(data + b"x"), 0, max_symbol=2**32 - 1,
+                                    what="test")
+    assert got.tolist() == present.tolist() and values.tolist() == lengths.tolist()
+    assert end == len(data)
+
+
+@settings(max_examples=50, deadline=None)
+@given(table=st.dictionaries(st.integers(0, 2**32 - 1), st.integers(1, 2**59), min_size=1,
+                             max_size=80))
+def test_table_size_is_the_written_size(table: dict[int, int]) -> None:
+    symbols = np.array(sorted(table), dtype=np.int64)
+    values = np.array([table[s] for s in symbols], dtype=np.uint64)
+    assert table_size(symbols, values) <= len(encode_table(symbols, values, bitcoded=False))
+    assert table_size(symbols, values) == len(encode_table(symbols, values))
+
+
+@settings(max_examples=50, deadline=None)
+@given(fields=st.lists(st.tuples(st.integers(0, 56), st.integers(0, 2**56 - 1)),
+                       max_size=200))
+def test_variable_width_fields_round_trip(fields: list[tuple[int, int]]) -> None:
+    widths = np.array([w for w, _ in fields], dtype=np.int64)
+    values = np.array([v & ((1 << w) - 1) for w, v in fields], dtype=np.uint64)
+    data = pack_fields(values, widths)
+    assert len(data) == (int(widths.sum()) + 7) // 8
+    assert read_fields(as_byte_array(data), widths, "test").tolist() == values.tolist()
+
+
+@pytest.mark.parametrize("split_bits", [0, 1, 2, 5, 16, 31, 32])
+def test_bins_cover_every_symbol_once(split_bits: int) -> None:
+    symbols = np.array(sorted({0, 1, 2, 3, 7, 8, 1000, 65535, 65536, 2**31, 2**32 - 1}
+                              | set(range(0, 300))), dtype=np.int64)
+    bins, extra = BinnedModel.bins_of(symbols, split_bits)
+    starts, bin_extra = BinnedModel.bin_starts(bins, split_bits)
+    assert (bin_extra == extra).all()
+    assert ((symbols - starts >= 0) & (symbols - starts < 1 << extra)).all()
+    assert (np.diff(bins) >= 0).all() and bins.max() <= BinnedModel.max_bin(split_bits)
+
+
+@pytest.mark.parametrize("mantissa_bits", [0, 1, 2, 3])
+def test_count_levels_round_to_the_nearest_frequency(mantissa_bits: int) -> None:
+    counts = np.arange(1, 5000)
+    f = BinnedModel.frequencies(BinnedModel.quantize(counts, mantissa_bits), mantissa_bits)
+    ratio = f / counts
+    worst = 1 + 1 / (1 << mantissa_bits)  # one step of m bits of precision
+    assert (ratio <= worst).all() and (ratio >= 1 / worst).all()
+    assert (f[counts < 2 << mantissa_bits] == counts[counts < 2 << mantissa_bits]).all()
+    assert (np.diff(f) >= 0).all()
+
+
+def test_binned_model_makes_gap_streams_much_smaller_than_counted_tables() -> None:
+    symbols = gap_stream(seed=7, n=3000, density=0.02)  # a pruned layer at 98% sparsity
+    legacy = RansCoder(legacy_tables=True).encode(symbols)
+    data = CODERS["rans"].encode(symbols)
+    assert data[0] == BINNED
+    entropy_bytes = empirical_entropy_bits(symbols) / 8
+    # the counted table of ~200 distinct gaps costs more than the binned model's loss
+    assert len(data) < len(legacy) - 150
+    assert len(data) < entropy_bytes * 1.04 + 40
+    np.testing.assert_array_equal(CODERS["rans"].decode(data, symbols.size), symbols)
+
+
+@settings(max_examples=40, deadline=None)
+@given(symbols=streams)
+def test_streams_written_with_legacy_tables_still_decode(symbols: np.ndarray) -> None:
+    for coder in (HuffmanCoder(legacy_tables=True), RansCoder(legacy_tables=True)):
+        data = coder.encode(symbols)
+        assert not data or data[0] < BITCODED  # forms 0..3, counted models
+        np.testing.assert_array_equal(CODERS[coder.name].decode(data, symbols.size), symbols)
+        assert len(CODERS[coder.name].encode(symbols)) <= len(data)
+
+
+def test_streams_of_older_files_decode_as_before() -> None:
+    # bytes written before the compact tables (by the coders of format version 3's first
+    # release; the Huffman stream is docs/FORMAT.md's example)
+    assert decode_symbols("huffman", bytes.fromhex("000302681640"), 8).tolist() == [
+        0, 0, 0, 1, 2, 0, 0, 1]
+    assert decode_symbols("rans", bytes.fromhex("0003035480020180cf"), 8).tolist() == [
+        1, 1, 2, 0, 1, 1, 0, 1]
+
+
+def binned_stream() -> tuple[np.ndarray, bytes]:
+    symbols = gap_stream(seed=8, n=400, density=0.05)
+    data = CODERS["rans"].encode(symbols)
+    assert data[0] == BINNED
+    return symbols, data
+
+
+def test_binned_stream_with_a_wrong_count_is_refused() -> None:
+    symbols, data = binned_stream()
+    for count in (symbols.size - 1, symbols.size + 1, symbols.size + 1000, 10**12):
+        with pytest.raises(ArtifactError):
+            CODERS["rans"].decode(data, count)
+
+
+def test_hostile_binned_models_are_refused() -> None:
+    symbols, data = binned_stream()
+    rans = CODERS["rans"]
+    with pytest.raises(ArtifactError, match="split bits"):
+        rans.decode(bytes([BINNED, 33]) + data[2:], symbols.size)
+    # one bin (symbol 5), no extra bits: written as counts, never as a binned model
+    with pytest.raises(ArtifactError, match="single bin"):
+        rans.decode(bytes([BINNED, 8]) + encode_table(np.array([5]), np.array([3])), 10)
+    # a count level whose frequency would pass 2**40
+    with pytest.raises(ArtifactError, match="count level"):
+        rans.decode(bytes([BINNED, 8]) + encode_table(np.array([0, 1]), np.array([1, 500]))
+                    + b"\x01\x02", 10)
+    # bins above the largest a 32-bit symbol can have
+    with pytest.raises(ArtifactError, match="out of range"):
+        rans.decode(bytes([BINNED, 0]) + encode_table(np.array([0, 33]), np.array([1, 1]))
+                    + b"\x01", 10)
+    for cut in range(len(data)):
+        with pytest.raises(ArtifactError):
+            rans.decode(data[:cut], symbols.size)
+
+
+def test_every_flipped_byte_of_a_binned_stream_is_refused_or_decodes() -> None:
+    symbols, data = binned_stream()
+    for i in range(len(data)):
+        for flip in (0x01, 0x5A, 0x80):
+            damaged = bytearray(data)
+            damaged[i] ^= flip
+            try:
+                out = CODERS["rans"].decode(bytes(damaged), symbols.size)
+            except ArtifactError:
+                continue
+            assert out.shape == symbols.shape and out.min() >= 0
+
+
+def test_hostile_bit_coded_tables_are_refused() -> None:
+    def read(data: bytes) -> None:
+        decode_table(as_byte_array(data), 0, max_symbol=1000, what="test")
+
+    with pytest.raises(ArtifactError, match="entries"):
+        read(bytes([BITCODED]) + encode_varints([MAX_BITCODED_ENTRIES + 1]) + b"\xff" * 9000)
+    with pytest.raises(ArtifactError, match="truncated"):
+        read(bytes([BITCODED, 5, 0x00]) + b"\xff")  # 5 gaps and 5 values in 8 bits
+    with pytest.raises(ArtifactError, match="longer than"):
+        read(bytes([BITCODED, 1, 0x00]) + b"\x00" * 20 + b"\xff")
+    with pytest.raises(ArtifactError, match="value 0"):
+        read(bytes([BITCODED, 1, 0x00, 0b11000000]))  # gap 0, value 0 + 0
+    with pytest.raises(ArtifactError, match="out of range"):
+        read(encode_table(np.array([2000]), np.array([1])))

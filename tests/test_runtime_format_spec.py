@@ -55,12 +55,56 @@ def bits_msb_first(buf: bytes, count: int, width: int) -> list[int]:
     return out
 
 
+class BitReader:
+    """Bits of ``buf`` from byte ``pos`` on, MSB first."""
+
+    def __init__(self, buf: bytes, pos: int) -> None:
+        self.buf, self.bit = buf, 8 * pos
+
+    def read(self, width: int) -> int:
+        value = 0
+        for _ in range(width):
+            if self.bit >= 8 * len(self.buf):
+                raise Corrupt("bits run past the data")
+            value = (value << 1) | ((self.buf[self.bit >> 3] >> (7 - (self.bit & 7))) & 1)
+            self.bit += 1
+        return value
+
+    def exp_golomb(self, k: int) -> int:
+        zeros = 0
+        while self.read(1) == 0:
+            zeros += 1
+            if zeros + k > 62:
+                raise Corrupt("exp-golomb code too long")
+        return (((1 << (zeros + k)) | self.read(zeros + k)) - (1 << k))
+
+    def end(self) -> int:
+        """The byte after the last bit read."""
+        return (self.bit + 7) // 8
+
+
 def table(buf: bytes, pos: int) -> tuple[list[int], list[int], int]:
     """A symbol table: (present symbols, their positive values, position after it)."""
     mode = buf[pos]
-    if mode > 3:
+    if mode > 4:
         raise Corrupt("table form")
     n, pos = varint(buf, pos + 1)
+    if mode == 4:  # bit-coded: Exp-Golomb gaps, then zigzag value differences
+        if not 1 <= n <= 16384:
+            raise Corrupt("bit-coded table size")
+        k_gap, k_value = buf[pos] & 15, buf[pos] >> 4
+        reader = BitReader(buf, pos + 1)
+        gaps = [reader.exp_golomb(k_gap) for _ in range(n)]
+        zigzags = [reader.exp_golomb(k_value) for _ in range(n)]
+        symbols, values, symbol, value = [], [], -1, 0
+        for gap, z in zip(gaps, zigzags, strict=True):
+            symbol += gap + 1
+            value += z // 2 if z % 2 == 0 else -(z + 1) // 2
+            if value < 1:
+                raise Corrupt("table value")
+            symbols.append(symbol)
+            values.append(value)
+        return symbols, values, reader.end()
     if mode & 1:  # sparse: gaps between present symbols
         symbols, last = [], -1
         for _ in range(n):
@@ -126,11 +170,55 @@ def huffman_decode(data: bytes, count: int) -> list[int]:
 def rans_decode(data: bytes, count: int) -> list[int]:
     if count == 0:
         return []
+    if data[0] == 0x10:
+        return rans_binned_decode(data, count)
     symbols, counts, pos = table(data, 0)
     if sum(counts) != count:
         raise Corrupt("frequency table")
     if len(symbols) == 1:
         return symbols * count
+    return [symbols[r] for r in rans_ranks(data[pos:], counts, count)]
+
+
+def rans_binned_decode(data: bytes, count: int) -> list[int]:
+    b, m = data[1] & 63, data[1] >> 6
+    if b > 32:
+        raise Corrupt("split bits")
+    bins, levels, pos = table(data, 2)
+    k = 1 << m
+    frequencies = [q if q < 2 * k else (k + (q - 2 * k) % k) << ((q - 2 * k) // k + 1)
+                   for q in levels]
+
+    def extra_bits(t: int) -> int:
+        return max((t >> b) - 1, 0)
+
+    def bin_start(t: int) -> int:
+        w = extra_bits(t)
+        return ((1 << b) + t % (1 << b)) << w if w else t
+
+    if len(bins) == 1:
+        if extra_bits(bins[0]) == 0:
+            raise Corrupt("single bin without extra bits")
+        ranks, rest = [0] * count, data[pos:]
+    else:
+        if any(extra_bits(t) for t in bins):
+            size, pos = varint(data, pos)
+            end = pos + size
+        else:
+            end = len(data)
+        ranks = [r - 1 for r in rans_ranks(data[pos:end], [0, *frequencies], count)]
+        if min(ranks) < 0:
+            raise Corrupt("rank 0")
+        rest = data[end:]
+    reader, out = BitReader(rest, 0), []
+    for r in ranks:
+        out.append(bin_start(bins[r]) + reader.read(extra_bits(bins[r])))
+    if reader.end() != len(rest):
+        raise Corrupt("extra bits size")
+    return out
+
+
+def rans_ranks(payload: bytes, counts: list[int], count: int) -> list[int]:
     # the model: a fixed-point CDF of 24 bits, quantized from the counts in float64
     n = len(counts)
     scale = float((1 << 24) - n) / float(sum(counts))
@@ -139,7 +227,6 @@ def rans_decode(data: bytes, count: int) -> list[int]:
         cdf.append(int(cumulative * scale) + i)
         cumulative += float(c)
     cdf.append(1 << 24)
-    payload = data[pos:]
     payload += b"\0" * (-len(payload) % 4)
     stack = list(struct.unpack(f"<{len(payload) // 4}I", payload))
     state = 0
@@ -157,7 +244,7 @@ def rans_decode(data: bytes, count: int) -> list[int]:
         ranks.append(r)
     if state != 0 or stack:
         raise Corrupt("rans: data left over")
-    return [symbols[r] for r in ranks]
+    return ranks
 
 
 CODERS = {"raw": raw_decode, "huffman": huffman_decode, "rans": rans_decode}
@@ -501,3 +588,17 @@ def test_independent_decoder_reads_the_compact_manifest_of_version_3() -> None:
     art = read_artifact(data)
     assert manifest == art.manifest and manifest["meta"] == meta
     assert all(tensors[k].tobytes() == art.tensors[k].tobytes() for k in tensors)
+
+
+def test_independent_decoder_reads_compact_tables() -> None:
+    """Index gaps of a pruned layer: a binned rANS model, and a bit-coded Huffman table."""
+    from modelzip.codec.container import read_container
+
+    rng = np.random.default_rng(2)
+    sparse = np.where(rng.random((60, 200)) < 0.03, rng.integers(1, 9, (60, 200)),
+                      0).astype(np.int8)
+    for coder, first_byte in (("rans", 0x10), ("huffman", 4)):
+        data = write_artifact({"w": sparse}, coder=coder)
+        _, tensors, _ = decode_file(data)
+        assert np.array_equal(tensors["w"], sparse)
+        assert bytes(read_container(data).chunks["tensor:w"])[0] == first_byte
