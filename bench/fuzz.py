@@ -54,13 +54,15 @@ from typing import Any
 import numpy as np
 
 from modelzip.codec.artifact import protect_artifact, read_artifact, write_artifact
+from modelzip.codec.bits import encode_varints
 from modelzip.codec.container import (
-    HEADER_SIZE,
+    MAGIC,
     SHA_SIZE,
     SIGNATURE_BLOCK_SIZE,
     read_container,
     write_container,
 )
+from modelzip.codec.manifest import encode_value
 from modelzip.errors import ArtifactError
 
 ALLOC_BOUND_BYTES = 256 << 20  # reading a file of a few KB may never allocate more
@@ -188,8 +190,7 @@ def _forge(data: bytes, r: random.Random) -> tuple[str, bytes]:
             kind, blob = "header", bytearray(data)
         else:
             if signature:  # the forger keeps the flags of the signed file
-                flags = struct.unpack_from("<H", blob, 6)[0] | 2
-                struct.pack_into("<H", blob, 6, flags)
+                blob[6] |= 2
             return f"forged:{kind}", _reseal(blob, signature)
     blob = bytearray(data)
     if kind == "table":  # the chunk table itself: swap, drop or resize an entry
@@ -205,21 +206,35 @@ def _forge(data: bytes, r: random.Random) -> tuple[str, bytes]:
             table[i], table[j] = table[j], table[i]
         else:
             table[i][2] = r.choice(INTERESTING)
-        text = json.dumps({**layout.manifest, "chunks": table}, sort_keys=True,
-                          separators=(",", ":")).encode()
-        magic, version, flags, _, c_len = struct.unpack_from("<4sHHIQ", data, 0)
-        chunk_area = data[HEADER_SIZE + layout.manifest_size:
-                          HEADER_SIZE + layout.manifest_size + c_len]
-        header = struct.pack("<4sHHIQ", magic, version, flags & ~1, len(text), c_len)
-        blob = bytearray(header + text + chunk_area + bytes(SHA_SIZE))
+        text = encode_value({**layout.manifest, "chunks": table})
+        start = layout.header_size + layout.manifest_size
+        c_len = layout.file_size - start - SHA_SIZE - layout.signature_size
+        blob = bytearray(_v3_header(data[6] & ~1, len(text), c_len) + text +
+                         data[start:start + c_len] + bytes(SHA_SIZE))
         return "forged:table", _reseal(blob, signature)
     field = r.choice(["version", "flags", "manifest_len", "chunk_len"])
-    fmt, at = {"version": ("<H", 4), "flags": ("<H", 6), "manifest_len": ("<I", 8),
-               "chunk_len": ("<Q", 12)}[field]
-    limit = 1 << (8 * struct.calcsize(fmt))
-    value = r.choice([0, 1, 2, 3, 4, 7, 255, limit - 1, r.randrange(limit)])
-    struct.pack_into(fmt, blob, at, value)
+    flags, m_len = data[6], layout.manifest_size
+    c_len = layout.file_size - layout.header_size - m_len - SHA_SIZE - layout.signature_size
+    rest = data[layout.header_size:]
+    if field == "version":
+        struct.pack_into("<H", blob, 4, r.choice([0, 1, 2, 4, 7, 255, 65535,
+                                                  r.randrange(65536)]))
+        return f"forged:header-{field}", _reseal(blob, signature)
+    # version 3: flags are one byte, then the two lengths as varints
+    value = r.choice([0, 1, 2, 3, 4, 7, 127, 128, 255, 2**32, 2**63 - 1, r.randrange(2**40)])
+    if field == "flags":
+        flags = value & 0xFF
+    elif field == "manifest_len":
+        m_len = value
+    else:
+        c_len = value
+    blob = bytearray(_v3_header(flags, m_len, c_len) + rest)
     return f"forged:header-{field}", _reseal(blob, signature)
+
+
+def _v3_header(flags: int, manifest_len: int, chunk_len: int) -> bytes:
+    """A format version 3 header: magic, version, one flags byte, the two lengths as varints."""
+    return MAGIC + struct.pack("<HB", 3, flags) + encode_varints([manifest_len, chunk_len])
 
 
 def _fec_damage(data: bytes, r: random.Random) -> tuple[str, bytes]:
