@@ -108,6 +108,24 @@ def test_hint_regressor_maps_each_shape_or_says_why_not() -> None:
         make_regressor((2, 8, 4, 4), (2, 128), "s to t")
 
 
+def test_the_thin_eurosat_student_is_deeper_a_third_of_the_macs_and_hint_ready() -> None:
+    from modelzip.metrics import count_macs
+
+    teacher, student = build_model("eurosat_cnn"), build_model("eurosat_thin")
+    convs = [m for m in student.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) > sum(isinstance(m, nn.Conv2d) for m in teacher.modules())
+    assert max(c.out_channels for c in convs) < 128
+    assert count_macs(student)[1] * 3 <= count_macs(teacher)[1]
+    # the guided / hint layer pair the benchmark uses: same map size, a 1x1 regressor
+    ctx = Context(train_data=Dataset([(torch.randn(4, 3, 64, 64), torch.arange(4))]),
+                  finetune=TrainConfig(epochs=1, batch_size=4), progress=False)
+    apply(student, HintConfig(student_layer="features.6", teacher_layer="features.4",
+                              teacher=teacher, finetune=FinetuneConfig(epochs=0)), ctx)
+    (record,) = ctx.records
+    assert record["student_shape"] == [24, 16, 16] and record["teacher_shape"] == [64, 16, 16]
+    assert "kernel_size=(1, 1)" in record["regressor"]
+
+
 # ---------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(("values", "message"), [
     ({"T": 0}, r"kd: T \(the temperature\) must be > 0"),

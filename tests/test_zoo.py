@@ -26,7 +26,7 @@ def _n_params(model: nn.Module) -> int:
 
 
 def test_list_models() -> None:
-    assert list_models() == ["eurosat_cnn", "lenet300", "lenet5", "resconcat"]
+    assert list_models() == ["eurosat_cnn", "eurosat_thin", "lenet300", "lenet5", "resconcat"]
 
 
 @pytest.mark.parametrize(("name", "expected"), [("lenet300", 266610), ("lenet5", 431080)])

@@ -249,6 +249,34 @@ def eurosat_cnn(num_classes: int = 10, width: int = 16, dropout: float = 0.1) ->
     return EuroSATCNN(num_classes, width, dropout)
 
 
+class EuroSATThin(nn.Module):
+    """A thin, deeper student for ``eurosat_cnn`` (FitNets, Romero et al. 2015): eight
+    conv-BN-ReLU layers of at most 48 channels (eurosat_cnn: five, up to 128) in four stages at
+    64, 32, 16 and 8 pixels, a third of its MACs. ``features.6`` ends the 16-pixel stage, as
+    eurosat_cnn's ``features.4`` does: a natural guided / hint layer pair."""
+
+    def __init__(self, num_classes: int = 10, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_bn_relu(3, 8), nn.MaxPool2d(2),
+            _conv_bn_relu(8, 12), _conv_bn_relu(12, 12), nn.MaxPool2d(2),
+            _conv_bn_relu(12, 24), _conv_bn_relu(24, 24), nn.MaxPool2d(2),
+            _conv_bn_relu(24, 48), _conv_bn_relu(48, 48), _conv_bn_relu(48, 48),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(48, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.flatten(self.pool(self.features(x)))))
+
+
+@register_model("eurosat_thin", input_shape=lambda **_: (3, 64, 64))
+def eurosat_thin(num_classes: int = 10, dropout: float = 0.1) -> nn.Module:
+    return EuroSATThin(num_classes, dropout)
+
+
 class ResConcatNet(nn.Module):
     """A small network with the graph cases structured pruning must handle: a residual
     addition, a channel concatenation of two branches, and a depthwise (grouped) conv."""
