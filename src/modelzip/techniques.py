@@ -29,6 +29,8 @@ BUILTIN_MODULES = (
     "modelzip.distill",
     "modelzip.lowrank",
     "modelzip.search.fold",
+    "modelzip.rate",
+    "modelzip.quant.slq",
 )
 
 _loaded = False
