@@ -1,4 +1,6 @@
-"""Layer signals that make layers comparable: K-FAC Hessian saliency (MLPrune).
+"""Layer signals that make layers comparable: K-FAC Hessian saliency (MLPrune) and the
+adaptive-binning mutual information of each layer's activations (``information_signal``,
+the estimators in ``modelzip.search.mutual_info``).
 
 Zeng & Urtasun 2019 (MLPrune) approximate each layer's Hessian block by a Kronecker product
 of two small factors, H ~ A (x) G, with A = E[a a^T] over the layer's inputs and G = E[g g^T]
@@ -24,7 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["kfac_saliency", "ratios_at_fraction"]
+from modelzip.errors import ConfigError
+from modelzip.search.mutual_info import DEFAULT_BINS, layer_information, unit_information
+
+__all__ = ["capture_activations", "information_signal", "kfac_saliency", "ratios_at_fraction"]
 
 DAMPING = 1e-3
 
@@ -80,12 +85,7 @@ def kfac_saliency(model: nn.Module, data: Any, layers: list[str], *, batches: in
         hooks.append(module.register_forward_hook(save_input(name)))
     loss_fn = loss_fn or F.cross_entropy
     try:
-        try:  # a shuffled sample: training data is often stored class by class
-            stream = data.batches(batch_size, shuffle=True,
-                                   generator=torch.Generator().manual_seed(0))
-        except TypeError:
-            stream = data.batches(batch_size)
-        for i, (x, y) in enumerate(stream):
+        for i, (x, y) in enumerate(_shuffled_batches(data, batch_size)):
             if i >= batches:
                 break
             model.zero_grad()
@@ -120,3 +120,73 @@ def ratios_at_fraction(saliency: dict[str, torch.Tensor], fraction: float, *,
         return {n: 0.0 for n in scores}
     threshold = everything.kthvalue(min(k, len(everything))).values
     return {n: float((v <= threshold).float().mean()) for n, v in scores.items()}
+
+
+def _shuffled_batches(data: Any, batch_size: int) -> Any:
+    try:  # a shuffled sample: training data is often stored class by class
+        return data.batches(batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
+    except TypeError:
+        return data.batches(batch_size)
+
+
+def capture_activations(model: nn.Module, data: Any, modules: dict[str, str], *,
+                        samples: int = 2000, batch_size: int = 250
+                        ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Per key of ``modules`` the (N, D) outputs of the module it names, on a seeded sample
+    of ``samples`` of ``data``, and the N labels. A 4-D (N, C, H, W) output is averaged over
+    positions to one value per channel (a whole feature map has far more units than any
+    sample can bin)."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+        raise ConfigError(f"samples must be an integer >= 2, got {samples!r}")
+    named = dict(model.named_modules())
+    missing = sorted(set(modules.values()) - set(named))
+    if missing:
+        raise ConfigError(f"no module named {', '.join(missing)} in the model; layers: "
+                          f"{', '.join(n for n in named if n)}")
+    captured: dict[str, list[torch.Tensor]] = {k: [] for k in modules}
+
+    def save(key: str):
+        def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
+            out = output.detach()
+            out = out.mean(dim=(2, 3)) if out.dim() == 4 else out.reshape(len(out), -1)
+            captured[key].append(out.double().clone())  # clone: a later ReLU may be in place
+        return hook
+
+    hooks = [named[m].register_forward_hook(save(k)) for k, m in modules.items()]
+    labels, seen = [], 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for x, y in _shuffled_batches(data, batch_size):
+                take = min(len(x), samples - seen)
+                model(x[:take])
+                labels.append(torch.as_tensor(y[:take]))
+                seen += take
+                if seen >= samples:
+                    break
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    if not seen:
+        raise ConfigError("no samples to capture activations from: the data is empty")
+    return {k: torch.cat(v) for k, v in captured.items()}, torch.cat(labels)
+
+
+def information_signal(model: nn.Module, data: Any, layers: list[str], *,
+                       modules: dict[str, str] | None = None, samples: int = 2000,
+                       bins: int = DEFAULT_BINS) -> dict[str, dict[str, Any]]:
+    """Per layer of ``layers`` the adaptive-binning estimates (Chelombiev et al. 2019) of
+    I(X;T) and I(T;Y) for T the outputs of the layer (or of ``modules[layer]``, e.g. the
+    block that applies its ReLU), over the whole layer (``i_xt``, ``i_ty``, ``saturated``)
+    and per unit averaged (``unit_i_xt``, ``unit_i_ty``), in bits."""
+    modules = {k: (modules or {}).get(k, k) for k in layers}
+    acts, labels = capture_activations(model, data, modules, samples=samples)
+    out = {}
+    for name in layers:
+        whole = layer_information(acts[name], labels, bins=bins)
+        units = unit_information(acts[name], labels, bins=bins)
+        out[name] = {**whole.to_dict(), "module": modules[name],
+                     "unit_i_xt": units["i_xt"], "unit_i_ty": units["i_ty"]}
+    return out
