@@ -650,6 +650,26 @@ def test_compact_manifest_round_trips_any_json_value(value: Any) -> None:
     assert encode_value(value) == data  # canonical
 
 
+repetitive_json_values = st.recursive(
+    st.integers(0, 3),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.sampled_from("abc"), inner,
+                                                                max_size=3),
+    max_leaves=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=repetitive_json_values)
+def test_compact_manifest_round_trips_repeated_and_nested_key_lists(value: Any) -> None:
+    assert decode_value(encode_value(value)) == value
+
+
+def test_compact_manifest_shapes_beyond_the_sixteen_tagged_and_nested_alike() -> None:
+    many = [{f"k{i}": i} for i in range(40)] * 2  # 40 key lists, each met twice
+    nested = {"a": {"a": {"a": 1}}, "b": [{"a": 2}, {"a": {"a": 3}}]}
+    for value in (many, nested, [nested, many, nested]):
+        assert decode_value(encode_value(value)) == value
+
+
 def test_compact_manifest_details() -> None:
     # floats keep their exact bits, in the shortest form
     for x in (0.1307, -0.0, 5.0, 1e300, 2.5e-310, -123456.789, 1 / 3):

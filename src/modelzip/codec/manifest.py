@@ -29,7 +29,11 @@ A value starts with a tag byte::
     0x10-0x1f  string of 0..15 bytes of UTF-8 (tag - 0x10), added to the table
     0x20-0x2f  array of 0..15 values
     0x30-0x3f  object of 0..15 pairs
-    0x40-0x7f  string: the (tag - 0x40)-th string of the table
+    0x40-0x6f  string: the (tag - 0x40)-th string of the table
+    0x70-0x7f  object of shape (tag - 0x70): the keys of that shape, in order; values only.
+               An object read with its keys whose key list is not yet a shape becomes the
+               next shape when it ends (inner objects first); the writer uses this tag for
+               the first 16 shapes and writes the keys of any later one
     0x80-0xff  integer 0..127 (tag - 0x80)
 
 The string table starts as ``STATIC_STRINGS`` (fixed for the format version), and every
@@ -113,10 +117,12 @@ class _Encoder:
             else:
                 self.count(0x30, 0x0E, len(items))
             for key, item in items:
-                if shape is None:
+                if shape is None or shape >= 16:  # only shapes 0-15 have a tag of their own
                     self.string(key)
                 self.value(item, depth + 1)
-            if shape is None and keys:
+            # registered after the values, as the decoder does, and once: a nested object
+            # with the same keys has registered them already
+            if shape is None and keys and keys not in self.shapes:
                 self.shapes[keys] = len(self.shapes)
         else:
             raise ArtifactError(f"the manifest is not plain JSON (a {type(v).__name__}); "
