@@ -1,9 +1,11 @@
 """Low-rank factorization of eurosat_cnn: Tucker-2 (EVBMF ranks), whole-network rank selection
 (joint and layer by layer), SVD, CP and separable filters at >= 2x and >= 3x fewer MACs, and
-tensorly-torch's factorized convolutions at the same ranks.
+tensorly-torch's factorized convolutions at the same ranks; and lenet300/lenet5 factorized
+before the deep-compression recipe against the recipe alone.
 
     MODELZIP_DATA=../shared/data python bench/lowrank.py
     MODELZIP_DATA=../shared/data python bench/lowrank.py --quick   # smoke test
+    MODELZIP_DATA=../shared/data python bench/lowrank.py --only cp-2x lenet300 --merge
     python bench/lowrank.py --picture   # redraw lowrank_spectra.png from lowrank.json
 
 Every factorization runs through ``modelzip.compress`` (the pipeline's seeded 10% validation
@@ -24,7 +26,16 @@ same way through the same context; whether it exports to ONNX and packs to .mzip
 
 Targets (issue 10): Tucker-2 (VBMF ranks) or rank-select at >= 2x fewer MACs with <= 1 point
 accuracy loss and >= 1.5x faster at batch 1, 1 thread (fp32 onnxruntime); ``target_met`` says
-whether a row meets it. The lenet300/lenet5 deep-compression comparison is not run here.
+whether a row meets it. CP rows fine-tune at the lr times the ``finetune_lr_scale`` the cp
+step records (``finetune_lr`` in the row); every other setting is the same.
+
+lenet300 / lenet5 (``dc-*`` rows): from the dense checkpoint, an SVD step (lenet300: fc1 and
+fc2, lenet5: fc1, each keeping <= 1/2 of its parameters) or rank-select (1/2 of the
+parameters), each with 1 epoch of fine-tuning, then the built-in deep-compression recipe
+(iterative pruning, k-means sharing, entropy-coded .mzip) at global sparsity 0.92 (the
+recipe's) and 0.95; against the recipe alone. Whole .mzip bytes and the test error of the
+read-back model on all 10,000 MNIST test images; the ``dc-<model>-smallest`` rows give, per
+path, the smallest file within 1.64% (lenet300) / 0.80% (lenet5).
 
 Writes bench/results/lowrank.json after every row (an interrupted run still leaves JSON) and
 bench/results/lowrank_spectra.png; ``--quick`` runs a stand-in on a few hundred images into
@@ -218,8 +229,11 @@ def factorize_row(bench: Bench, name: str, technique: str, options: dict[str, An
     _say(f"{name}: factorized in {factorize_s:.0f} s, test error before fine-tuning "
          f"{first.test_error_after.error_pct:.2f}%")
     t0 = time.perf_counter()
+    finetune: dict[str, Any] = {"epochs": FINETUNE["epochs"]}
+    if "finetune_lr_scale" in record:  # the technique's own fine-tuning rate (cp)
+        finetune["lr"] = FINETUNE["lr"] * record["finetune_lr_scale"]
     tuned = compress(first.model, {"name": f"{name}+finetune", "steps": [
-        {"finetune": {"epochs": FINETUNE["epochs"]}}]}, ctx=ctx)
+        {"finetune": finetune}]}, ctx=ctx)
     finetune_s = time.perf_counter() - t0
     model = tuned.model.eval()
     graphs = bench.graphs(model)
@@ -253,6 +267,9 @@ def factorize_row(bench: Bench, name: str, technique: str, options: dict[str, An
             for r in record["layers"] if "output_error_data_fit" in r}
     if technique == "cp":
         row["cp_converged"] = {r["layer"]: r["converged"] for r in record["layers"]}
+        row["cp_degeneracy"] = {r["layer"]: r.get("degeneracy") for r in record["layers"]}
+        row["cp_ridge"] = record.get("ridge")
+    row["finetune_lr"] = finetune.get("lr", bench.finetune.lr)
     row.update(bench.latency(graphs))
     row["target_met"] = (row["macs_ratio"] >= TARGET["macs_ratio"]
                          and row["drop_points_vs_unfactorized"] <= TARGET["max_drop_points"]
@@ -319,6 +336,144 @@ def tltorch_row(bench: Bench, ranks: dict[str, list[int]]) -> dict[str, Any]:
     return row
 
 
+# ---------------------------------------------------------------------------- lenet + DC
+# lenet300 / lenet5: a low-rank step, then the deep-compression recipe (prune -> k-means ->
+# entropy-coded .mzip), against the same recipe alone; the recipe's global sparsity and one
+# step beyond it. The smallest .mzip whose test error stays within the limit, per path.
+DC_RECIPE = "deep-compression"
+DC_LIMITS = {"lenet300": 1.64, "lenet5": 0.80}  # test error %, Deep Compression's figures
+DC_SPARSITIES = (0.92, 0.95)
+_LOWRANK_FINETUNE = {"epochs": 1}
+_RANK_SELECT = {"rank-select": {"target": "params", "ratio": 0.5,
+                                "finetune": _LOWRANK_FINETUNE}}
+# path -> the low-rank step put before the recipe's steps (None: pruning only)
+DC_PATHS: dict[str, dict[str, dict[str, Any] | None]] = {
+    "lenet300": {
+        "pruning-only": None,
+        "svd": {"svd": {"budget": 0.5, "budget_metric": "params", "layers": ["fc1", "fc2"],
+                        "finetune": _LOWRANK_FINETUNE}},
+        "rank-select": _RANK_SELECT,
+    },
+    "lenet5": {
+        "pruning-only": None,
+        "svd": {"svd": {"budget": 0.5, "budget_metric": "params", "layers": ["fc1"],
+                        "finetune": _LOWRANK_FINETUNE}},
+        "rank-select": _RANK_SELECT,
+    },
+}
+
+
+def dc_rows() -> list[tuple[str, str, str, float]]:
+    """(row name, model, path, global sparsity) of every lenet row, in the order they run
+    (per model, the recipe's own sparsity first)."""
+    return [(f"dc-{model}-{path}-{round(s * 100)}", model, path, s)
+            for model, paths in DC_PATHS.items() for s in DC_SPARSITIES for path in paths]
+
+
+def dc_recipe(step: dict[str, Any] | None, sparsity: float, name: str) -> dict[str, Any]:
+    """The built-in deep-compression recipe at ``sparsity``, after ``step`` when given."""
+    from modelzip.recipe import builtin_recipe
+
+    recipe = builtin_recipe(DC_RECIPE)
+    steps: list[dict[str, Any]] = [] if step is None else [copy.deepcopy(step)]
+    for technique, config in recipe.steps:
+        options = _plain(config)
+        if technique == "iterative-magnitude":
+            options["global_sparsity"] = sparsity
+        steps.append({technique: options})
+    return {"name": name, "finetune": dict(recipe.finetune), "steps": steps,
+            "pack": dict(recipe.pack)}
+
+
+def _plain(config: Any) -> dict[str, Any]:
+    """A step's config as recipe options: the fields it sets (not None), nested ones too."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if value is None:
+            continue
+        out[f.name] = _plain(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+class DCBench:
+    """MNIST data and the dense checkpoints, loaded once."""
+
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        self.train, self.test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
+        if quick:
+            self.train, self.test = quick_data(self.train, self.test, 600, 500)
+        self.models: dict[str, nn.Module] = {}
+
+    def model(self, name: str) -> nn.Module:
+        if name not in self.models:
+            self.models[name] = (quick_baseline(name, self.train) if self.quick else
+                                 load_checkpoint(BENCH / "checkpoints" / name).model.eval())
+        return self.models[name]
+
+
+def dc_row(dc: DCBench, name: str, model_name: str, path: str, sparsity: float
+           ) -> dict[str, Any]:
+    step = DC_PATHS[model_name][path]
+    recipe = dc_recipe(step, sparsity, name)
+    if dc.quick:  # a smoke test: one epoch wherever the recipe retrains
+        recipe["finetune"]["epochs"] = 1
+    ctx = make_context(data=dc.train, test_data=dc.test, progress=False)
+    result = compress(dc.model(model_name), recipe, ctx=ctx)
+    test = result.test_error_after
+    limit = DC_LIMITS[model_name]
+    row: dict[str, Any] = {
+        "model": model_name, "variant": name, "technique": "deep-compression",
+        "path": path, "lowrank_step": step, "global_sparsity": sparsity,
+        "description": (f"{DC_RECIPE} recipe at global sparsity {sparsity:g}"
+                        + ("" if step is None else f", after {next(iter(step))}")),
+        "file_bytes": result.artifact_bytes, "dense_fp32_bytes": result.before.dense_bytes,
+        "ratio": round(result.ratio, 2), "params_dense": result.before.params,
+        "test_error_pct": round(test.error_pct, 4), "test_errors": test.errors,
+        "test_images": test.total, "val_error_pct": round(result.val_error_after, 4),
+        "test_error_pct_dense": round(result.test_error_before.error_pct, 4),
+        "target_error_pct": limit, "within_limit": test.error_pct <= limit,
+        "compress_wall_s": round(result.wall_time_s, 1), "recipe": recipe}
+    lowrank = next((r for r in result.records if r.get("step") in ("svd", "rank-select")), None)
+    if lowrank is not None:
+        row["ranks"] = {r["layer"]: r["rank"] for r in lowrank["layers"]}
+        row["params_after_lowrank"] = lowrank.get("params_after")
+        row["val_error_pct_after_lowrank"] = lowrank.get("val_error_pct")
+    return row
+
+
+def dc_summaries(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per lenet model: per path the smallest .mzip within the test-error limit, and whether
+    a low-rank path beats pruning only."""
+    out = []
+    for model_name in DC_PATHS:
+        mine = [r for r in rows if r.get("model") == model_name
+                and r.get("technique") == "deep-compression" and "file_bytes" in r]
+        if not mine:
+            continue
+        best: dict[str, Any] = {}
+        for path in (p for p in DC_PATHS[model_name] if any(r["path"] == p for r in mine)):
+            ok = [r for r in mine if r["path"] == path and r["within_limit"]]
+            if ok:
+                r = min(ok, key=lambda r: r["file_bytes"])
+                best[path] = {"variant": r["variant"], "file_bytes": r["file_bytes"],
+                              "test_error_pct": r["test_error_pct"],
+                              "global_sparsity": r["global_sparsity"]}
+            else:
+                best[path] = None
+        base = best.get("pruning-only")
+        lowrank = [b for p, b in best.items() if p != "pruning-only" and b is not None]
+        winner = min(lowrank, key=lambda b: b["file_bytes"]) if lowrank else None
+        out.append({"model": model_name, "variant": f"dc-{model_name}-smallest",
+                    "technique": "summary", "target_error_pct": DC_LIMITS[model_name],
+                    "smallest_within_limit": best,
+                    "lowrank_smaller_than_pruning_only": (
+                        None if base is None or winner is None
+                        else winner["file_bytes"] < base["file_bytes"])})
+    return out
+
+
 # ---------------------------------------------------------------------------- picture
 def spectra_picture(model: nn.Module, rows: list[dict[str, Any]], path: Path) -> None:
     """Per k x k conv: cumulative energy of the singular values of the output- and input-mode
@@ -360,15 +515,22 @@ def spectra_picture(model: nn.Module, rows: list[dict[str, Any]], path: Path) ->
 
 # ---------------------------------------------------------------------------- main
 def _in_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The unfactorized row first, then the rows in the order of ROWS."""
-    order = {name: i for i, (name, *_rest) in enumerate(ROWS)}
-    return [rows[0], *sorted(rows[1:], key=lambda r: order.get(r["variant"], len(order)))]
+    """The unfactorized row first, then the rows in the order of ROWS and the lenet rows, then
+    the lenet summaries (recomputed)."""
+    names = [name for name, *_rest in ROWS] + [name for name, *_rest in dc_rows()]
+    order = {name: i for i, name in enumerate(names)}
+    body = [r for r in rows[1:] if r.get("technique") != "summary"]
+    return [rows[0], *sorted(body, key=lambda r: order.get(r["variant"], len(order))),
+            *dc_summaries(body)]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", nargs="*", help="row names to run (default: all)")
+    parser.add_argument("--only", nargs="*", help="row names to run (default: all); lenet300, "
+                        "lenet5 or lenet: all rows of those models")
+    parser.add_argument("--why", default=None,
+                        help="with --merge: why the rows are re-run (recorded)")
     parser.add_argument("--merge", action="store_true",
                         help="with --only: replace those rows in the results file, keep the rest")
     parser.add_argument("--picture", action="store_true",
@@ -386,44 +548,59 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tempfile.mkdtemp(prefix="lowrank-quick-"))
         results, spectra = folder / "lowrank.json", folder / "lowrank_spectra.png"
     started = time.perf_counter()
-    bench = Bench(args.quick)
-    base = {"model": "eurosat_cnn", "variant": "unfactorized", "technique": None,
-            **bench.figures(bench.model),
-            "test_error_pct": round(bench.base_error.error_pct, 4),
-            "test_errors": bench.base_error.errors,
-            "test_error_pct_int8_ort": round(bench.base_int8_error.error_pct, 4)}
-    rows: list[dict[str, Any]] = [base]
-    settings = {"finetune": {**bench.finetune.to_dict(), "note": "the same for every row"},
-                "calibration_images": CALIBRATION_IMAGES, "latency_threads": 1,
-                "latency_batches": list(BATCHES),
-                "timing": f"{WARMUP} warm-up, {ROUNDS} interleaved rounds x {PER_ROUND} runs, "
-                          "median; speedups against the unfactorized model in the same rounds",
-                "target": TARGET, "pipeline": bench.ctx.settings, "quick": args.quick,
-                "not_run": "lenet300/lenet5 SVD/rank-select + deep-compression vs pruning "
-                           "only (issue 10's second benchmark): not run in this pass"}
-
-    kept: list[dict[str, Any]] = []
-    if args.merge and args.only and results.is_file():
+    only = _expand_only(args.only)
+    eurosat = [row for row in ROWS if only is None or row[0] in only]
+    lenet = [row for row in dc_rows() if only is None or row[0] in only]
+    earlier: dict[str, Any] | None = None
+    if args.merge and only and results.is_file():
         import json
 
         earlier = json.loads(results.read_text())
-        kept = [r for r in earlier["models"][1:] if r["variant"] not in args.only]
-        settings["rows_rerun"] = {
-            "rows": list(args.only), "note": "re-run in this file's run (its commit and time "
-            "above); the other rows are from the earlier run",
-            "earlier_run": {k: earlier.get(k) for k in ("generated_utc", "git_commit",
-                                                        "git_dirty")}}
+    bench = Bench(args.quick) if eurosat or earlier is None else None
+    if bench is not None:
+        base = {"model": "eurosat_cnn", "variant": "unfactorized", "technique": None,
+                **bench.figures(bench.model),
+                "test_error_pct": round(bench.base_error.error_pct, 4),
+                "test_errors": bench.base_error.errors,
+                "test_error_pct_int8_ort": round(bench.base_int8_error.error_pct, 4)}
+        settings = {"finetune": {**bench.finetune.to_dict(),
+                                 "note": "the same for every row (cp: times the lr scale "
+                                         "its step records, finetune_lr)"},
+                    "calibration_images": CALIBRATION_IMAGES, "latency_threads": 1,
+                    "latency_batches": list(BATCHES),
+                    "timing": f"{WARMUP} warm-up, {ROUNDS} interleaved rounds x {PER_ROUND} "
+                              "runs, median; speedups against the unfactorized model in the "
+                              "same rounds",
+                    "target": TARGET, "pipeline": bench.ctx.settings, "quick": args.quick}
+    else:  # only lenet rows: the eurosat part of the file stays as it was
+        assert earlier is not None
+        base = earlier["models"][0]
+        settings = {k: v for k, v in earlier["settings"].items()
+                    if k not in ("rows_rerun", "not_run")}
+    settings["lenet"] = {
+        "recipe": DC_RECIPE, "global_sparsities": list(DC_SPARSITIES),
+        "test_error_limits_pct": DC_LIMITS, "paths": DC_PATHS,
+        "choice": "per path, the smallest .mzip (whole file bytes) whose test error on all "
+                  "10,000 MNIST test images (model read back from the .mzip) is within the "
+                  "limit", "starts_from": "the dense checkpoints bench/checkpoints/<model>"}
+    rows: list[dict[str, Any]] = [base]
+    kept: list[dict[str, Any]] = []
+    if earlier is not None:
+        kept = [r for r in earlier["models"][1:] if r["variant"] not in only
+                and r.get("technique") != "summary"]
+        settings["rows_rerun"], settings["base_run"] = _reruns(earlier, sorted(only),
+                                                               args.why)
 
     def save() -> None:
-        write_results(results, "lowrank", "Low-rank factorization of eurosat_cnn: ratios "
-                      "against the unfactorized model measured in the same run",
+        write_results(results, "lowrank", "Low-rank factorization of eurosat_cnn (ratios "
+                      "against the unfactorized model measured in the same run), and of "
+                      "lenet300/lenet5 before the deep-compression recipe",
                       _in_order([*rows[:1], *kept, *rows[1:]]), settings=settings,
                       wall_time_s=round(time.perf_counter() - started, 1))
 
     save()
-    for name, technique, options, what in ROWS:
-        if args.only and name not in args.only:
-            continue
+    for name, technique, options, what in eurosat:
+        assert bench is not None
         try:
             if technique == "tltorch":
                 tucker = next((r for r in rows if r["variant"] == "tucker2-vbmf"), None)
@@ -444,13 +621,69 @@ def main(argv: list[str] | None = None) -> int:
             "macs_ratio", "test_error_pct_before_finetune", "test_error_pct",
             "speedup_fp32_ort_b1_1thread_vs_unfactorized_fp32") if k in row))
         save()
-        if not kept and (name == "rank-select-2x" or (args.only and name == args.only[-1])):
+        if not kept and (name == "rank-select-2x" or (only and name == eurosat[-1][0])):
             spectra_picture(bench.model, rows, spectra)
-    if not spectra.exists():
+    dc = DCBench(args.quick) if lenet else None
+    for name, model_name, path, sparsity in lenet:
+        assert dc is not None
+        try:
+            row = dc_row(dc, name, model_name, path, sparsity)
+        except Exception as exc:
+            traceback.print_exc()
+            row = {"model": model_name, "variant": name, "technique": "deep-compression",
+                   "path": path, "error": f"{type(exc).__name__}: {exc}"}
+        rows.append(row)
+        _say(f"{name}: " + ", ".join(f"{k}={row[k]}" for k in (
+            "file_bytes", "test_error_pct", "within_limit", "error") if k in row))
+        save()
+    if bench is not None and not spectra.exists():
         spectra_picture(bench.model, rows, spectra)
     save()
-    _say(f"wrote {results} and {spectra}")
+    _say(f"wrote {results}")
     return 0
+
+
+def _reruns(earlier: dict[str, Any], rows: list[str], why: str | None
+            ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The re-runs merged into the file so far (rows re-run now taken out of the older
+    entries), this one last (its time and commit are the file's own), and the run that the
+    rows named in none of them come from."""
+    run = ("generated_utc", "git_commit", "git_dirty")
+    previous = earlier.get("settings", {}).get("rows_rerun") or []
+    base = earlier.get("settings", {}).get("base_run")
+    if isinstance(previous, dict):  # the older one-entry form
+        base = previous.get("earlier_run")
+        previous = [{"rows": previous["rows"], "why": previous.get("why"),
+                     **{k: earlier.get(k) for k in run}}]
+    elif previous:
+        last = previous[-1]
+        if "generated_utc" not in last:  # the entry of the earlier file's own run
+            last.update({k: earlier.get(k) for k in run})
+    else:
+        base = {k: earlier.get(k) for k in run}
+    history = []
+    for entry in previous:
+        left = [r for r in entry["rows"] if r not in rows]
+        if left:
+            history.append({**entry, "rows": left})
+    return [*history, {"rows": rows, "why": why}], base or {}
+
+
+def _expand_only(only: list[str] | None) -> set[str] | None:
+    """--only names: row names, or lenet300 / lenet5 / lenet for all rows of those models."""
+    if not only:
+        return None
+    out = set()
+    for name in only:
+        models = list(DC_PATHS) if name == "lenet" else [name] if name in DC_PATHS else []
+        out.update(r for r, model, *_ in dc_rows() if model in models)
+        if not models:
+            known = {r for r, *_ in ROWS} | {r for r, *_ in dc_rows()}
+            if name not in known:
+                raise SystemExit(f"error: unknown row {name!r}; rows: {', '.join(sorted(known))}"
+                                 ", or lenet300, lenet5, lenet")
+            out.add(name)
+    return out
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import copy
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -238,6 +239,8 @@ def test_factorize_then_finetune_through_the_context(small) -> None:
     ("separable", {"rank": 2, "fit": "magic"}, "fit must be one of data, weights"),
     ("rank-select", {"ratio": 1.5}, "ratio"),
     ("rank-select", {"strategy": "best"}, "joint, greedy"),
+    ("rank-select", {"target": "latency", "threads": 0}, "threads"),
+    ("rank-select", {"target": "seconds"}, "macs, params, bytes, latency"),
 ])
 def test_bad_options_are_refused_when_the_config_is_built(name, values, needle) -> None:
     with pytest.raises(ConfigError, match=None) as info:
@@ -360,3 +363,89 @@ def test_cp_factors_share_each_component_norm_equally() -> None:
     parts = [result.out_factor, result.in_factor, result.vertical, result.horizontal]
     col = torch.stack([p.norm(dim=0) for p in parts])
     assert torch.allclose(col, col[0].expand_as(col), rtol=1e-4)
+
+
+def test_the_cp_ridge_bounds_degenerate_components_at_a_similar_error() -> None:
+    # a kernel of rank well above R: plain ALS finds components that cancel each other
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 8, 3, 3, generator=gen)
+    plain, ridged = cp(w, 24), cp(w, 24, ridge=0.01)
+    assert ridged.degeneracy < 0.5 * plain.degeneracy
+    assert ridged.error < plain.error + 0.05
+    assert plain.degeneracy > 24 ** 0.5  # above what 24 orthogonal components reach
+    with pytest.raises(ConfigError, match="ridge"):
+        cp(w, 4, ridge=-1.0)
+
+
+def test_cp_finetunes_at_its_own_lr_scale_unless_the_step_gives_an_lr(small) -> None:
+    model, x, _ = small
+    seen: list[float] = []
+
+    def trainer(model: nn.Module, data: object, config: object, **kwargs: object) -> None:
+        seen.append(config.lr)  # type: ignore[attr-defined]
+
+    base = modelzip.train.TrainConfig(lr=0.05)
+    for finetune, expected in ((FinetuneConfig(epochs=1), 0.05 * 0.1),
+                               (FinetuneConfig(epochs=1, lr=0.02), 0.02)):
+        ctx = Context(example_inputs=x[:2], train_data=_images(16, (3, 8, 8)), finetune=base,
+                      trainer=trainer, progress=False)
+        apply(model, CPConfig(rank=2, finetune=finetune), ctx)
+        assert seen[-1] == pytest.approx(expected)
+        record = ctx.records[-1]
+        assert record["finetune"]["lr"] == pytest.approx(expected)
+        assert record["finetune_lr_scale"] == 0.1 and record["ridge"] == 0.01
+        assert all(layer["degeneracy"] > 0 for layer in record["layers"])
+    for bad, needle in (({"rank": 2, "ridge": -0.1}, "ridge"),
+                        ({"rank": 2, "finetune_lr_scale": 0}, "finetune_lr_scale")):
+        with pytest.raises(ConfigError, match=needle):
+            config_from_dict("cp", bad)
+
+
+def _fake_latency(calls: list[tuple[str, int]]) -> Any:
+    """Milliseconds = thousands of parameters, except that the factorized conv2 (a Sequential
+    ending in 12 channels) is slower than conv2 itself."""
+    def measure(module: nn.Module, example: torch.Tensor, threads: int = 1,
+                runs: int = 30) -> float:
+        calls.append((type(module).__name__, threads))
+        if isinstance(module, nn.Sequential) and getattr(module[-1], "out_channels", 0) == 12:
+            return 1e3
+        return sum(p.numel() for p in module.parameters()) / 1e3
+    return measure
+
+
+def test_rank_select_for_latency_uses_the_measured_table(small, monkeypatch) -> None:
+    import importlib
+
+    module = importlib.import_module("modelzip.lowrank.rank_select")  # not the function
+    model, _, ctx = small
+    calls: list[tuple[str, int]] = []
+    monkeypatch.setattr(module, "measure_latency_ms", _fake_latency(calls))
+    out = apply(model, RankSelectConfig(target="latency", ratio=0.6, proxy="metric",
+                                        threads=2), ctx)
+    sel = ctx.records[-1]["selection"]
+    table = sel["latency_table_ms"]
+    assert table.pop("session overhead") == {"as is": 0.0}  # a ReLU: no parameters
+    assert set(table) == {"conv1", "conv2", "fc"} and all("as is" in t for t in table.values())
+    assert {threads for _, threads in calls} == {2}
+    # conv2 factorized is slower than conv2 in the table: never chosen
+    assert isinstance(out.conv2, nn.Conv2d) and "conv2" in sel["kept_unfactorized"]
+    chosen = {r["layer"]: str(r["rank"]) for r in ctx.records[-1]["layers"]}
+    assert chosen  # something was factorized
+    planned = sel["latency_ms_rest"] + sum(t[chosen.get(n, "as is")] for n, t in table.items())
+    whole = sel["latency_ms_rest"] + sum(t["as is"] for t in table.values())
+    assert planned <= 0.6 * whole + 1e-9
+    assert planned / whole == pytest.approx(sel["planned_fraction"])
+    # the factorized model itself is measured at the end
+    assert sel["latency_ms_after"] == pytest.approx(sum(p.numel() for p in out.parameters())
+                                                    / 1e3)
+    assert sel["measured_fraction"] == pytest.approx(sel["latency_ms_after"]
+                                                     / sel["latency_ms_before"])
+    with pytest.raises(ConfigError, match="smallest reachable is"):
+        apply(model, RankSelectConfig(target="latency", ratio=0.1, proxy="metric"), ctx)
+
+
+def test_measured_latency_is_a_positive_time(small) -> None:
+    from modelzip.lowrank.rank_select import measure_latency_ms
+
+    model, x, _ = small
+    assert measure_latency_ms(model, x[:1], threads=1, runs=3) > 0

@@ -4,6 +4,7 @@ pruning masks, optional fine-tuning, the step's record)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -110,10 +111,11 @@ def rank_of(value: Any, resolved: dict[str, Any], name: str) -> Any:
 
 
 def finish(model: nn.Module, ctx: Context, technique: str, layers: list[dict[str, Any]],
-           finetune: FinetuneConfig | None, before: Any, extra: dict[str, Any] | None = None
-           ) -> nn.Module:
+           finetune: FinetuneConfig | None, before: Any, extra: dict[str, Any] | None = None,
+           lr_scale: float = 1.0) -> nn.Module:
     """Drop the pruning masks of replaced layers, fine-tune when asked (masks of the other
-    layers kept), and append the step's record: per layer and totals before/after."""
+    layers kept), and append the step's record: per layer and totals before/after.
+    ``lr_scale``: the fine-tuning lr is the context's times this unless the step gives one."""
     from modelzip.metrics import profile_model
     from modelzip.prune.masks import MaskKeeper
 
@@ -123,6 +125,8 @@ def finish(model: nn.Module, ctx: Context, technique: str, layers: list[dict[str
             del ctx.masks[key]
     record: dict[str, Any] = {"step": technique, **(extra or {}), "layers": layers}
     cfg = resolve_finetune(finetune, FinetuneConfig(epochs=0), ctx.finetune)
+    if cfg is not None and lr_scale != 1.0 and (finetune is None or finetune.lr is None):
+        cfg = dataclasses.replace(cfg, lr=cfg.lr * lr_scale)
     if cfg is not None:
         if ctx.val_data is not None:
             record["val_error_pct_before_finetune"] = ctx.val_error(model)

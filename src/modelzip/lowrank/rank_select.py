@@ -21,12 +21,22 @@ reconstruction error e. Strategies:
 
 A target no rank choice meets is refused, naming the smallest reachable. ``bytes`` is the
 dense fp32 bytes of all parameters (what the ``.mzip`` holds before coding).
+
+``latency`` (as NetAdapt and AMC do): a per-layer table of measured latencies, onnxruntime
+at batch 1 with ``threads`` threads, each candidate rank's factorized layer timed alone on
+that layer's input; the rest of the network costs the whole model's measured latency less
+its layers' own. The ladders' costs are the table's; options slower than the layer as it is
+are dropped. The factorized model's latency is then measured, and the record gives the
+table, the planned and the measured fraction (the sum of lone layers is an estimate: fused
+operators and the session's fixed cost make the two differ a little).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +64,7 @@ from modelzip.registry import Context, register_technique
 
 __all__ = ["RankSelectConfig", "rank_select"]
 
-TARGETS = ("macs", "params", "bytes")
+TARGETS = ("macs", "params", "bytes", "latency")
 STRATEGIES = ("joint", "greedy")
 PROXIES = ("val", "metric")
 CONV_METHODS = ("tucker2", "svd")
@@ -64,8 +74,10 @@ CONV_METHODS = ("tucker2", "svd")
 class RankSelectConfig:
     """Whole-network rank selection (see the module docstring).
 
-    - ``target``: macs | params | bytes; ``ratio``: the fraction (0, 1) of the model's
-      target to keep (0.5: 2x fewer);
+    - ``target``: macs | params | bytes | latency; ``ratio``: the fraction (0, 1) of the
+      model's target to keep (0.5: 2x fewer; latency 0.66: 1.5x faster);
+    - ``threads``, ``latency_runs`` (latency): onnxruntime threads, timed runs per entry of
+      the latency table (median);
     - ``strategy``: joint | greedy; ``proxy`` (joint): val | metric; ``candidates``: rank
       sets scored on ``val_samples`` validation samples (proxy val);
     - ``conv``: tucker2 | svd, how k x k convolutions are factorized; ``steps``: rungs of
@@ -80,11 +92,15 @@ class RankSelectConfig:
     val_samples: int = 1000
     conv: str = "tucker2"
     steps: int = 16
+    threads: int = 1
+    latency_runs: int = 30
     layers: LayerSelector | None = None
     finetune: FinetuneConfig | None = None
 
     def __post_init__(self) -> None:
         name = "rank-select"
+        if self.threads < 1 or self.latency_runs < 1:
+            raise ConfigError(f"{name}: threads and latency_runs must be >= 1")
         check_choice(self.target, TARGETS, name, "target")
         check_choice(self.strategy, STRATEGIES, name, "strategy")
         check_choice(self.proxy, PROXIES, name, "proxy")
@@ -240,6 +256,91 @@ def _built(model: nn.Module, layers: list[_Layer], choice: list[int]) -> nn.Modu
     return work.eval()
 
 
+def measure_latency_ms(module: nn.Module, example: Any, threads: int = 1, runs: int = 30
+                       ) -> float:
+    """Median milliseconds of ``module`` on ``example`` (one sample) in onnxruntime with
+    ``threads`` threads, after a few warm-up runs."""
+    import warnings
+
+    from modelzip.runtime.export import export_onnx
+    from modelzip.runtime.ort import make_session
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings of the export
+        graph = export_onnx(copy.deepcopy(module).eval(), example_inputs=example,
+                            dynamic_batch=False)
+    session = make_session(graph, threads=threads)
+    feeds = {session.get_inputs()[0].name: example.detach().numpy()}
+    for _ in range(max(3, runs // 5)):
+        session.run(None, feeds)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _option_module(module: nn.Module, layer: _Layer, option: _Option) -> nn.Module:
+    """The layer as ``option`` makes it (weights do not matter for timing: one HOOI step)."""
+    if option.rank is None:
+        return module
+    g = layer.geometry
+    if layer.method == "svd":
+        a, b = svd_factors(module.weight.detach().reshape(g.out_features, -1), option.rank)
+        return linear_svd_module(module, a, b) if isinstance(module, nn.Linear) else \
+            conv_svd_module(module, a, b)
+    return tucker2_module(module, tucker2(module.weight.detach(), option.rank, n_iter_max=1))
+
+
+@torch.no_grad()
+def _layer_inputs(model: nn.Module, names: list[str], example: Any) -> dict[str, torch.Tensor]:
+    from modelzip.core.dataset import call_model
+
+    seen: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+
+    def keep(name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            seen.setdefault(name, args[0].detach())  # a hook returning a value replaces output
+        return hook
+
+    handles = [modules[n].register_forward_hook(keep(n)) for n in names]
+    try:
+        call_model(model.eval(), example)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _latency_costs(model: nn.Module, layers: list[_Layer], example: Any,
+                   config: RankSelectConfig) -> tuple[float, dict[str, dict[str, float]]]:
+    """Put each option's measured latency (ms, less a session's fixed cost) in its cost,
+    dropping options slower than the layer as it is; returns the whole model's latency and
+    the table (with the fixed cost under "session overhead")."""
+    inputs = _layer_inputs(model, [layer.name for layer in layers], example)
+    # what a session run costs with next to no work: taken off every lone layer's time (the
+    # whole model pays it once)
+    overhead = measure_latency_ms(nn.ReLU(), torch.zeros(1, 1), config.threads,
+                                  config.latency_runs)
+    table: dict[str, dict[str, float]] = {"session overhead": {"as is": round(overhead, 5)}}
+    for layer in layers:
+        module = model.get_submodule(layer.name)
+        row = {}
+        for option in layer.options:
+            option.cost = max(measure_latency_ms(_option_module(module, layer, option),
+                                                 inputs[layer.name], config.threads,
+                                                 config.latency_runs) - overhead, 1e-6)
+            rank = list(option.rank) if isinstance(option.rank, tuple) else option.rank
+            row["as is" if rank is None else str(rank)] = round(option.cost, 5)
+        keep = layer.options[0].cost
+        layer.options[1:] = [o for o in layer.options[1:] if o.cost < keep]
+        table[layer.name] = row
+    whole = measure_latency_ms(model, example, config.threads, config.latency_runs)
+    return whole, table
+
+
 def _val_subset(data: Any, n: int) -> Any:
     if not hasattr(data, "subset") or len(data) <= n:
         return data
@@ -263,22 +364,38 @@ def rank_select(model: nn.Module, config: RankSelectConfig, ctx: Context) -> nn.
     if before is None:
         raise ConfigError(f"{name} needs example inputs to count the model's cost")
     modules = dict(model.named_modules())
+    latency = config.target == "latency"
     layers = []
     for n in names:
         conv_kxk = isinstance(modules[n], nn.Conv2d) and modules[n].kernel_size != (1, 1)
         layer = _Layer(n, config.conv if conv_kxk else "svd", geo[n])
-        _ladder(modules[n], layer, config.steps, config.target)
+        _ladder(modules[n], layer, config.steps, "macs" if latency else config.target)
         layers.append(layer)
-    whole = _model_total(before, config.target)
-    fixed = whole - sum(layer.options[0].cost for layer in layers)  # what is not factorized
+    selection: dict[str, Any] = {"target": config.target, "ratio": config.ratio,
+                                 "strategy": config.strategy, "conv": config.conv}
+    if latency:
+        from modelzip.metrics import _example_input
+
+        example = _example_input(model, None, 1, ctx.example_inputs)
+        if not isinstance(example, torch.Tensor):
+            raise ConfigError(f"{name}: target latency times models of one tensor input; "
+                              "this one takes several (use target macs)")
+        measured_before, table = _latency_costs(model, layers, example, config)
+        # the rest of the network: what the lone layers leave of the whole (not below 0)
+        fixed = max(measured_before - sum(layer.options[0].cost for layer in layers), 0.0)
+        whole = fixed + sum(layer.options[0].cost for layer in layers)
+        selection.update({"threads": config.threads, "latency_ms_before": measured_before,
+                          "latency_ms_rest": fixed, "latency_table_ms": table})
+    else:
+        whole = _model_total(before, config.target)
+        fixed = whole - sum(layer.options[0].cost for layer in layers)  # not factorized
     budget = config.ratio * whole - fixed
     smallest = fixed + sum(min(o.cost for o in layer.options) for layer in layers)
     if budget < sum(min(o.cost for o in layer.options) for layer in layers):
         raise ConfigError(f"{name}: keeping {config.ratio:g} of the model's {config.target} "
                           f"cannot be met: the smallest reachable is {smallest / whole:.4f} "
-                          "(every chosen layer at rank 1); raise ratio or add layers")
-    selection: dict[str, Any] = {"target": config.target, "ratio": config.ratio,
-                                 "strategy": config.strategy, "conv": config.conv}
+                          "(every chosen layer at its cheapest rank); raise ratio or add "
+                          "layers")
     if config.strategy == "greedy":
         choice = _uniform(layers, budget)
     elif config.proxy == "metric":
@@ -324,6 +441,16 @@ def rank_select(model: nn.Module, config: RankSelectConfig, ctx: Context) -> nn.
     planned = fixed + sum(layer.options[i].cost for layer, i in zip(layers, choice,
                                                                       strict=True))
     selection["planned_fraction"] = planned / whole
+    if latency:  # the factorized model's latency, measured
+        measured = measure_latency_ms(model, example, config.threads, config.latency_runs)
+        selection.update({"latency_ms_after": measured,
+                          "measured_fraction": measured / selection["latency_ms_before"],
+                          "latency_target_met": measured <= config.ratio
+                          * selection["latency_ms_before"]})
+        if not selection["latency_target_met"]:
+            ctx.log(f"{name}: measured latency {measured:.3f} ms is "
+                    f"{measured / selection['latency_ms_before']:.3f} of the model's, above "
+                    f"the target {config.ratio:g} (planned {planned / whole:.3f})")
     if kept:
         selection["kept_unfactorized"] = kept
     for r in records:

@@ -309,13 +309,21 @@ class CPConfig:
     - ``budget``: per layer, the largest R within this fraction of its ``budget_metric``;
     - ``n_iter_max``, ``tol``: ALS stopping; when ALS does not converge, random restarts with
       line search are tried and the best factors kept (the record says so);
-    - ``layers``, ``finetune``: as every technique."""
+    - ``ridge``: the ALS penalty on the factors' norms, times ||W||^2 / R (0: plain ALS).
+      Plain CP of a conv kernel is degenerate (components far larger than the kernel that
+      cancel; the record's ``degeneracy``) and fine-tuning then diverges; the penalty bounds
+      them at almost the same reconstruction error (``modelzip.lowrank.decompose.cp``);
+    - ``layers``, ``finetune``: as every technique; fine-tuning without an ``lr`` of its own
+      runs at ``finetune_lr_scale`` times the context's lr (Lebedev et al. fine-tune CP
+      layers at a much smaller rate than the network was trained with)."""
 
     rank: int | dict[str, int] | None = None
     budget: float | None = None
     budget_metric: str = "macs"
     n_iter_max: int = 100
     tol: float = 1e-5
+    ridge: float = 0.01
+    finetune_lr_scale: float = 0.1
     layers: LayerSelector | None = None
     finetune: FinetuneConfig | None = None
 
@@ -327,6 +335,11 @@ class CPConfig:
         _check_budget(self, name)
         if self.n_iter_max < 1 or not self.tol > 0:
             raise ConfigError(f"{name}: n_iter_max must be >= 1 and tol > 0")
+        if not (0 <= self.ridge < math.inf):
+            raise ConfigError(f"{name}: ridge must be a finite number >= 0, got {self.ridge}")
+        if not 0 < self.finetune_lr_scale <= 1:
+            raise ConfigError(f"{name}: finetune_lr_scale must be in (0, 1], got "
+                              f"{self.finetune_lr_scale}")
         normalise_layers(self, name, per_layer="rank", verb="factorize")
 
 
@@ -349,14 +362,18 @@ def cp_factorize(model: nn.Module, config: CPConfig, ctx: Context) -> nn.Module:
         else:
             r = _budget_rank(config.budget, config.budget_metric, g, max_rank, cp_cost,
                              lambda k: k, name, layer)
-        result = cp(module.weight.detach(), r, n_iter_max=config.n_iter_max, tol=config.tol)
+        result = cp(module.weight.detach(), r, n_iter_max=config.n_iter_max, tol=config.tol,
+                    ridge=config.ridge)
         if result.note:
             ctx.log(f"{name}: layer {layer}: {result.note}")
         replace_module(model, layer, cp_module(module, result))
         layers.append(_layer_record(layer, module, name, r, g, cp_cost(g, r), result.error,
                                     converged=result.converged, cp_method=result.method,
+                                    degeneracy=round(result.degeneracy, 3),
                                     **({"note": result.note} if result.note else {})))
-    return finish(model, ctx, name, layers, config.finetune, before)
+    return finish(model, ctx, name, layers, config.finetune, before,
+                  {"ridge": config.ridge, "finetune_lr_scale": config.finetune_lr_scale},
+                  lr_scale=config.finetune_lr_scale)
 
 
 # ---------------------------------------------------------------------------- separable
