@@ -373,7 +373,8 @@ def _lowrank(doc: dict[str, Any]) -> str:
     settings = doc.get("settings", {})
     target = settings.get("target", {})
     finetune = settings.get("finetune", {})
-    rows = doc.get("models", [])
+    everything = doc.get("models", [])
+    rows = [r for r in everything if r.get("model", "eurosat_cnn") == "eurosat_cnn"]
     out = ["### Low-rank factorization (`bench/lowrank.py`)", "",
            f"`eurosat_cnn` factorized through `modelzip.compress`, then fine-tuned "
            f"{finetune.get('epochs', '?')} epoch(s) ({finetune.get('optimizer', '?')}, "
@@ -437,15 +438,47 @@ def _lowrank(doc: dict[str, Any]) -> str:
                      f"at batch 1; it {packs}.")
     if settings.get("not_run"):
         notes.append(f"Not run: {settings['not_run'].split(':')[0]}.")
-    rerun = settings.get("rows_rerun")
-    if rerun:
-        earlier = rerun.get("earlier_run") or {}
-        notes.append(f"Rows {', '.join(rerun['rows'])} re-run at {doc['generated_utc']} (CP "
-                     "factors now balanced across the four layers); the others are from the "
-                     f"run of {earlier.get('generated_utc')}, commit "
-                     f"{(earlier.get('git_commit') or '?')[:7]}.")
+    reruns = settings.get("rows_rerun") or []
+    for rerun in reruns if isinstance(reruns, list) else [reruns]:
+        when = rerun.get("generated_utc", doc.get("generated_utc"))
+        commit = rerun.get("git_commit", doc.get("git_commit")) or "?"
+        why = f" ({rerun['why']})" if rerun.get("why") else ""
+        notes.append(f"Rows {', '.join(rerun['rows'])} re-run at {when}, commit "
+                     f"{commit[:7]}{why}.")
+    base = settings.get("base_run") or (reruns.get("earlier_run")
+                                        if isinstance(reruns, dict) else None)
+    if base:
+        notes.append(f"The other rows are from the run of {base.get('generated_utc')}, commit "
+                     f"{(base.get('git_commit') or '?')[:7]}.")
     if notes:
         out += [""] + [f"- {n}" for n in notes]
+    dc = [r for r in everything if r.get("technique") == "deep-compression"]
+    if dc:
+        lenet = settings.get("lenet", {})
+        out += ["", f"`lenet300` / `lenet5`: a low-rank step (1 epoch of fine-tuning), then the "
+                    f"`{lenet.get('recipe', '?')}` recipe at the global sparsity shown, against "
+                    f"the recipe alone (pruning only); whole `.mzip` bytes, test error of the "
+                    f"model read back from it on all 10,000 MNIST test images; limits "
+                    f"{lenet.get('test_error_limits_pct', {})}.", "",
+                "| row | path | sparsity | .mzip bytes | ratio | test error % (errors) "
+                "| within limit |", "|---|---|---:|---:|---:|---:|---|"]
+        for r in dc:
+            if "error" in r:
+                out.append(f"| {r['variant']} | {r.get('path', '?')} | - | - | - | "
+                           f"failed: {r['error'][:60]} | - |")
+                continue
+            out.append(f"| {r['variant']} | {r['path']} | {r['global_sparsity']:g} | "
+                       f"{r['file_bytes']:,} | {r['ratio']:.1f}x | "
+                       f"{r['test_error_pct']:.2f} ({r['test_errors']}) | "
+                       f"{'yes' if r['within_limit'] else 'no'} |")
+        for s in (r for r in everything if r.get("technique") == "summary"):
+            best = {p: b for p, b in s["smallest_within_limit"].items()}
+            cells = ", ".join(f"{p}: {b['file_bytes']:,} B ({b['test_error_pct']:.2f}%)"
+                              if b else f"{p}: none within the limit" for p, b in best.items())
+            verdict = {True: "low-rank first is smaller", False: "pruning only is smaller",
+                       None: "no comparison"}[s.get("lowrank_smaller_than_pruning_only")]
+            out.append(f"\n- {s['model']}, smallest within {s['target_error_pct']}%: {cells}; "
+                       f"{verdict}.")
     return "\n".join(out)
 
 
@@ -486,18 +519,45 @@ def _distill(doc: dict[str, Any]) -> str:
                     f"{cells}."]
     recovery = [r for r in rows if "recovery" in r]
     if recovery:
-        out += ["", "Recovery after compression (lenet5), distillation from the original model "
-                    "vs plain fine-tuning:", "",
+        out += ["", "Recovery after compression, distillation from the original model vs plain "
+                    "fine-tuning (test errors on MNIST's 10,000 / EuroSAT's 5,400 test "
+                    "images):", "",
                 "| model | recovery | epochs | test errors: original / compressed / after "
                 "| artifact bytes |", "|---|---|---:|---:|---:|"]
+        # compressed from the dense model in the same run: its row without fine-tuning
+        unrecovered = {r.get("model"): r.get("test_errors") for r in recovery
+                       if r.get("recovery") == "none"}
         for r in recovery:
             kd = r.get("distill")
             how = r.get("recovery", "?") + (
                 f" (T={_num(kd.get('T'), 'g')}, alpha {kd.get('alpha', '?')})"
                 if isinstance(kd, dict) else "")
+            compressed = unrecovered.get(r.get("model"), r.get("test_errors_before", "-"))
             out.append(f"| {r.get('model', '?')} | {how} | {r.get('epochs', '-')} | "
-                       f"{r.get('test_errors_original', '-')} / {r.get('test_errors_before', '-')}"
+                       f"{r.get('test_errors_original', '-')} / {compressed}"
                        f" / {r.get('test_errors', '-')} | {r.get('artifact_bytes', 0):,} |")
+    fitnets = [r for r in rows if r.get("row") == "fitnets"]
+    if fitnets:
+        fit = settings.get("fitnets", {})
+        fsum = doc.get("fitnets_summary") or {}
+        out += ["", f"FitNets on EuroSAT: a thin, deeper `{fit.get('student', '?')}` trained "
+                    f"{fit.get('epochs', '?')} epochs alone, with kd and with a hint stage "
+                    f"(hint epochs: {fit.get('hint_epochs', '?')}) then kd; latency: batch 1, 1 "
+                    f"onnxruntime thread, vs the teacher in the same run. Student MACs <= 1/3 "
+                    f"of the teacher's: {_met(fsum.get('target_met'))}.", "",
+                "| model | training | test accuracy % | parameters | MACs | latency vs "
+                "teacher |", "|---|---|---:|---:|---:|---:|"]
+        for r in fitnets:
+            out.append(f"| {r.get('model', '?')} | {r.get('training', '?')} | "
+                       f"{_num(r.get('test_accuracy_pct'))} | {r.get('parameters', 0):,} | "
+                       f"{r.get('macs', 0):,} | {_num(r.get('latency_vs_teacher'), '.2f', 'x')} |")
+    rerun = settings.get("rows_rerun")
+    if rerun:
+        earlier = rerun.get("earlier_run") or {}
+        out += ["", f"Rows {', '.join(rerun.get('rows', []))} from the run of "
+                    f"{doc.get('generated_utc')}; the others from the run of "
+                    f"{earlier.get('generated_utc')}, commit "
+                    f"{(earlier.get('git_commit') or '?')[:7]}."]
     not_run = doc.get("not_run")
     if not_run:
         names = not_run if isinstance(not_run, str) else ", ".join(not_run)
@@ -546,6 +606,48 @@ def _search(doc: dict[str, Any]) -> str:
                     f"({two.get('speedup_two_vs_one', 0):.2f}x); {w2['complete']} complete, "
                     f"{w2['failed']} failed, duplicate trial numbers: "
                     f"{w2['duplicate_numbers']}, duplicate points: {w2['duplicate_points']}."]
+    flops = doc.get("strategies_eurosat_macs35", [])
+    if flops:
+        first = flops[0]
+        out += ["", f"Strategies on `{first['model']}` to {first['macs_fraction_target']:.0%} "
+                    f"of its MACs ({first['target']}, per-layer filter pruning, at most 1 point "
+                    f"lost), {first.get('trials_requested', '?')} trials each, then "
+                    f"{first.get('finetune_epochs', '?')} fine-tuning epoch (baseline test "
+                    f"accuracy {first.get('baseline_test_accuracy_pct', 0):.2f}%):", "",
+                "| strategy | MACs kept | fewer FLOPs | test accuracy % | drop (points) | "
+                "budget | search time |", "|---|---:|---:|---:|---:|---|---:|"]
+        for r in flops:
+            out.append(f"| {r['strategy']} | {r['macs_fraction']:.1%} | "
+                       f"{r['flops_reduction_x']:.2f}x | {r['test_accuracy_pct']:.2f} | "
+                       f"{r['accuracy_drop_points']:.2f} | {_met(r.get('budget_met'))} | "
+                       f"{r.get('search_wall_time_s', 0):.0f} s |")
+    lat = doc.get("latency_target")
+    if lat:
+        out += ["", f"`{lat['model']}` at {lat['target']} ({lat['target_rule']}), at most "
+                    f"{lat['max_drop_points']:g} point lost ({lat['strategy']}, "
+                    f"{lat['trials_run']} trials, {lat['finetune_epochs']} fine-tuning epoch): "
+                    f"runner {lat['runner_latency_batch1_1thread_ms']:.3f} ms = "
+                    f"{lat['latency_ratio_vs_fp32_eager']:.3f} of fp32 eager "
+                    f"({_met(lat.get('latency_met'))}), test accuracy "
+                    f"{lat['test_accuracy_pct']:.2f}% (baseline "
+                    f"{lat['baseline_test_accuracy_pct']:.2f}%, {_met(lat.get('accuracy_met'))}"
+                    f"), search {lat['search_wall_time_s']:.0f} s."]
+    sig = doc.get("signal_vs_allocation")
+    if sig and sig.get("models"):
+        names = list(sig["models"])
+        out += ["", "Which layer signal ranks the layers as a signal-free BO search allocated "
+                    "them (Spearman rho x the expected sign, vs the best trial's ratios / "
+                    "the five best trials' mean; 1 = same order):", "",
+                "| signal | " + " | ".join(f"{n} ({sig['models'][n]['layers']} layers)"
+                                          for n in names) + " |",
+                "|---|" + "---:|" * len(names)]
+        for signal in sig["models"][names[0]]["signals"]:
+            cells = []
+            for n in names:
+                r = sig["models"][n]["signals"].get(signal, {})
+                cells.append(f"{_num(r.get('agreement_best'))} / "
+                             f"{_num(r.get('agreement_top5_mean'))}")
+            out.append(f"| {signal} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -637,6 +739,28 @@ def _seu(doc: dict[str, Any]) -> str:
                           and m["representation"] == rep), None)
                 cells.append("-" if m is None else f"{m['accuracy_mean']:.1f}")
             out.append(f"| {_ber(ber)} | " + " | ".join(cells) + " |")
+    for r in rows:
+        prot = r.get("protection") or []
+        if not prot:
+            continue
+        reps = list(dict.fromkeys(x["representation"] for x in prot))
+        hit = sum(x["scrub_trials_with_flips"] for x in prot)
+        found, restored = (sum(round((x[key] or 0) * x["scrub_trials_with_flips"] / 100)
+                               for x in prot)
+                           for key in ("scrub_detected_pct", "scrub_restored_exact_pct"))
+        out += ["", f"`{r['model']}` on the runner, mean test accuracy % with flips in the "
+                    "weights it holds: no protection / activations clipped to their "
+                    "calibration range / after a scrub (its checksums found the damage in "
+                    f"{found:,} of {hit:,} trials with flips and restored the exact weights "
+                    f"in {restored:,}):", "",
+                "| BER | " + " | ".join(reps) + " |", "|---|" + "---:|" * len(reps)]
+        for ber in sorted({x["ber"] for x in prot}):
+            cells = []
+            for rep in reps:
+                x = next(x for x in prot if x["ber"] == ber and x["representation"] == rep)
+                cells.append(f"{x['accuracy_mean']:.1f} / {x['clip_accuracy_mean']:.1f} / "
+                             f"{x['scrub_accuracy']:.1f}")
+            out.append(f"| {_ber(ber)} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -661,6 +785,24 @@ def _fuzz(doc: dict[str, Any]) -> str:
                    + f" | {sum(c.get(o, 0) for c in counts.values()):,} |")
     out += ["", f"Target: no failures: {_met(None if failures is None else failures == 0)} "
                 f"({_num(failures, 'd')} failures in {total.get('cases', 0):,} cases)."]
+    runner = doc.get("runner_input")
+    if runner:
+        groups = runner.get("counts_by_class", {})
+        cases = runner.get("settings", {}).get("cases", 0)
+        out += ["", f"The runner's input handling (`bench/fuzz.py --target runner`, commit "
+                    f"{str(runner.get('git_commit'))[:7]}): {cases:,} cases of .npy files, "
+                    ".npz archives, arrays passed to the Python API and forged manifests; "
+                    "each must give the original graph's logits on the input as documented "
+                    "or be refused with one error:", "",
+                "| outcome | " + " | ".join(groups) + " | total |",
+                "|---|" + "---:|" * (len(groups) + 1)]
+        names = sorted({o for c in groups.values() for o in c},
+                       key=lambda o: (o != "accepted_exact", o))
+        for o in names:
+            out.append(f"| {o} | " + " | ".join(f"{c.get(o, 0):,}" for c in groups.values())
+                       + f" | {sum(c.get(o, 0) for c in groups.values()):,} |")
+        out += ["", f"Failures (other logits, a valid input refused, any other exception, a "
+                    f"hang or an allocation past the bound): {_num(runner.get('failures'), 'd')}."]
     return "\n".join(out)
 
 
@@ -690,10 +832,39 @@ def _delta(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _size_frontier(doc: dict[str, Any]) -> str:
+    out = ["### The size frontier (`bench/size_frontier.py`)", "",
+           "Per method, the smallest .mzip whose validation error stays within the limit (none "
+           "within it: the point with the lowest validation error, marked). Error: the model "
+           "unpacked from the file, on the whole test split; size: the whole file; overhead: "
+           f"file - tensor bytes. Generated {doc['generated_utc']} on {doc['machine']}.", "",
+           "| model | method | file bytes | test error % | val error % (limit) | bits / nz "
+           "weight | overhead B | pack ms | unpack ms | target met |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in doc["models"]:
+        if r.get("status") != "ok":
+            out.append(f"| {r['model']} | {r['method']} | failed: {r.get('error', '?')} "
+                       "| | | | | | | |")
+            continue
+        within = "<=" if r["within_val_limit"] else "**>**"
+        out.append(f"| {r['model']} | {r['method']} | {r['file_bytes']:,} | "
+                   f"{r['test_error_pct']:.2f} | {r['val_error_pct']:.2f} ({within} "
+                   f"{r['val_limit_pct']}) | {r['bits_per_nonzero_weight']:.2f} | "
+                   f"{r['container_overhead_bytes']} | {1000 * r['pack_s']:.0f} | "
+                   f"{1000 * r['unpack_s']:.0f} | {_met(r.get('target_met'))} |")
+    out += ["", "Published (each from its paper): " + "; ".join(
+        f"{a['method']} {a['model']} "
+        + (f"{a['file_bytes']:,} B" if 'file_bytes' in a else f"{a['ratio']}x")
+        + f" at {a['test_error_pct']}%" for a in doc.get("anchors", [])) + ".",
+            "", "![size vs error](bench/results/size_frontier.png)"]
+    return "\n".join(out)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "baselines.json": _baselines,
     "pruning.json": _pruning,
     "deep_compression.json": _deep_compression,
+    "size_frontier.json": _size_frontier,
     "latency.json": _latency,
     "int8_qat.json": _int8_qat,
     "any_model.json": _any_model,
