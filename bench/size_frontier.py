@@ -90,8 +90,8 @@ SVD_BITS = {"lenet300": (3, 4), "lenet5": (3,), "eurosat_cnn": (4,)}
 # The paper trains for 200 epochs; these runs fit two shared CPU cores.
 SPARSE_VD = {"lenet300": {"finetune": {"epochs": 20, "lr": 0.003, "batch_size": 128},
                           "kl_weight": 1.0, "kl_warmup_epochs": 2.0},
-             "lenet5": {"finetune": {"epochs": 6, "lr": 0.004, "batch_size": 128},
-                        "kl_weight": 1.0, "kl_warmup_epochs": 1.0},
+             "lenet5": {"finetune": {"epochs": 20, "lr": 0.004, "batch_size": 128},
+                        "kl_weight": 1.0, "kl_warmup_epochs": 2.0},
              "eurosat_cnn": {"finetune": {"epochs": 5, "lr": 0.001, "batch_size": 64},
                              "kl_weight": 1.0, "kl_warmup_epochs": 1.0}}
 CODING_METHODS = ("universal", "transform-coding", "weightless")
