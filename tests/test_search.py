@@ -99,6 +99,26 @@ def test_impossible_budget_names_the_smallest_reachable(tiny, tmp_path, db):
     assert "smallest reachable" in message and "measures" in message
 
 
+def test_a_workers_first_trial_does_not_prove_a_budget_unreachable(tiny, tmp_path):
+    """A worker joins a study without the extreme point: its first trial is the sampler's,
+    which may miss the budget while more compressed points meet it."""
+    from modelzip.search.core import build_space, run_trials
+    from modelzip.search.evaluate import TrialEvaluator
+    from modelzip.search.strategies import make_strategy
+    from modelzip.search.study import open_study
+
+    model, ctx = tiny
+    config, budget = _config(tmp_path), parse_budget("size=100B")
+    space = build_space(model, config, ctx)
+    strategy = make_strategy("random", space, budget, seed=0)
+    study = open_study("worker", f"sqlite:///{tmp_path}/w.db",
+                       space_hash=space.space_hash(model), sampler=strategy.sampler(),
+                       attrs={"space": space.to_dict(), "budget": budget.to_dict()})
+    evaluator = TrialEvaluator(model, ctx, space, budget)
+    assert run_trials(study, strategy, evaluator, 2, progress=False, first_extreme=False) == 2
+    assert all(t.user_attrs["measured"]["size_bytes"] > 100 for t in study.trials)
+
+
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_strategies_meet_a_size_budget(tiny, tmp_path, db, strategy):
     model, ctx = tiny
