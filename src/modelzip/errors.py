@@ -34,6 +34,15 @@ def check_choice(value: object, allowed: tuple[str, ...], where: str, key: str) 
         raise ConfigError(f"{where}: {key} must be one of {', '.join(allowed)}, got {value!r}")
 
 
+def check_integer(value: object, low: int, high: int, where: str, key: str,
+                  note: str = "") -> None:
+    """Refuse a ``key`` that is not an integer from ``low`` to ``high`` (a bool is not one),
+    in one ConfigError (``where: key must be an integer from low to high<note>, got ...``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{where}: {key} must be an integer from {low} to {high}{note}, got "
+                          f"{value!r}")
+
+
 class ArtifactError(ModelzipError):
     """A .mzip artifact is damaged, hostile or inconsistent, or cannot be written."""
 

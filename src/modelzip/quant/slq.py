@@ -20,7 +20,6 @@ stores as a codebook, as it does after ``kmeans``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +27,13 @@ import torch
 from torch import nn
 
 from modelzip.core.selection import LayerSelector
-from modelzip.errors import ConfigError, check_choice
+from modelzip.errors import ConfigError, check_choice, check_integer
 from modelzip.finetune import FinetuneConfig, resolve_finetune
 from modelzip.prune.masks import MaskKeeper
 from modelzip.quant.grid import clear_grid_hint
 from modelzip.quant.kmeans import INITS, kmeans_1d
 from modelzip.quant.targets import (
+    check_layer_bits,
     kept_masks,
     layer_of,
     normalise_layers,
@@ -67,28 +67,15 @@ def partition_clusters(losses: torch.Tensor, count: int) -> torch.Tensor:
     return chosen
 
 
-def _check_bits(bits: Any, name: str) -> None:
-    values = bits.items() if isinstance(bits, Mapping) else [(None, bits)] \
-        if bits is not None else []
-    for layer, b in values:
-        if isinstance(b, bool) or not isinstance(b, int) or not MIN_BITS <= b <= MAX_BITS:
-            where = f" of layer {layer!r}" if layer else ""
-            raise ConfigError(f"{name}: bits{where} must be an integer from {MIN_BITS} to "
-                              f"{MAX_BITS}, got {b!r}")
-
-
 def _check_common(config: Any, name: str) -> None:
-    _check_bits(config.bits, name)
+    check_layer_bits(config.bits, MIN_BITS, MAX_BITS, name)
     p = config.portion
     if isinstance(p, bool) or not isinstance(p, int | float) or not 0 < p <= 1:
         raise ConfigError(f"{name}: portion (the share of the clusters left that each round "
                           f"fixes) must be in (0, 1], got {p!r}")
     check_choice(config.init, INITS, name, "init")
-    b = config.bias_bits
-    if b is not None and (isinstance(b, bool) or not isinstance(b, int)
-                          or not MIN_BITS <= b <= MAX_BITS):
-        raise ConfigError(f"{name}: bias_bits must be an integer from {MIN_BITS} to "
-                          f"{MAX_BITS} (or left out), got {b!r}")
+    if config.bias_bits is not None:
+        check_integer(config.bias_bits, MIN_BITS, MAX_BITS, name, "bias_bits", " (or left out)")
     normalise_layers(config, name)
 
 

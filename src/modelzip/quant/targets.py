@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from modelzip.core.selection import LayerSelector, select, select_values
-from modelzip.errors import ConfigError
+from modelzip.errors import ConfigError, check_integer
 from modelzip.prune.masks import layer_of
 from modelzip.registry import Context
 from modelzip.registry import normalise_layers as normalise_layer_choice
@@ -50,6 +50,18 @@ def normalise_layers(config: Any, technique: str) -> None:
     normalise_layer_choice(config, technique, "bits", "quantize")
     if isinstance(config.bits, Mapping) and not config.bits:
         raise ConfigError(f"{technique}: the bits mapping is empty; name at least one layer")
+
+
+def check_layer_bits(bits: int | Mapping[str, int] | None, low: int, high: int,
+                     technique: str, note: str = "") -> list[tuple[str | None, int]]:
+    """A config's ``bits`` (one for every layer, one per layer name, or None) checked to be
+    integers from ``low`` to ``high``; returns the (layer or None, bits) pairs."""
+    pairs = list(bits.items()) if isinstance(bits, Mapping) else \
+        [(None, bits)] if bits is not None else []
+    for layer, value in pairs:
+        where = f" of layer {layer!r}" if layer else ""
+        check_integer(value, low, high, technique, f"bits{where}", note)
+    return pairs
 
 
 def plan_bits(model: nn.Module, technique: str, bits: int | dict[str, int] | None,

@@ -32,6 +32,7 @@ from modelzip.errors import ConfigError, check_choice
 from modelzip.quant.grid import set_grid_hint
 from modelzip.quant.kmeans import kmeans_1d
 from modelzip.quant.targets import (
+    check_layer_bits,
     is_conv,
     layer_of,
     normalise_layers,
@@ -71,13 +72,7 @@ class TransformCodingConfig:
         name = "transform-coding"
         check_choice(self.quantizer, QUANTIZERS, name, "quantizer")
         top = MAX_KMEANS_BITS if self.quantizer == "kmeans" else MAX_BITS
-        values = self.bits.items() if isinstance(self.bits, dict) else \
-            [(None, self.bits)] if self.bits is not None else []
-        for layer, bits in values:
-            if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= top:
-                where = f" of layer {layer!r}" if layer else ""
-                raise ConfigError(f"{name}: bits{where} must be an integer from {MIN_BITS} to "
-                                  f"{top} for the {self.quantizer} quantizer, got {bits!r}")
+        check_layer_bits(self.bits, MIN_BITS, top, name, f" for the {self.quantizer} quantizer")
         if isinstance(self.block, bool) or not isinstance(self.block, int) \
                 or not 1 <= self.block <= MAX_BLOCK:
             raise ConfigError(f"{name}: block must be an integer from 1 to {MAX_BLOCK} (the "

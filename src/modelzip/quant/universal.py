@@ -19,7 +19,6 @@ modelzip's coders, as the paper codes them with a universal coder.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,11 +37,12 @@ from modelzip.codec.dither import (
     index_coder_bytes,
 )
 from modelzip.core.selection import LayerSelector
-from modelzip.errors import ConfigError, check_choice
+from modelzip.errors import ConfigError, check_choice, check_integer
 from modelzip.finetune import FinetuneConfig, resolve_finetune
 from modelzip.prune.masks import MaskKeeper
 from modelzip.quant.grid import set_grid_hint
 from modelzip.quant.targets import (
+    check_layer_bits,
     kept_masks,
     layer_of,
     normalise_layers,
@@ -86,18 +86,8 @@ class UniversalQuantConfig:
         if self.lattice != "z" and self.finetune is not None:
             raise ConfigError(f"{name}: fine-tuning the shared levels works with lattice z "
                               f"only; leave finetune out for lattice {self.lattice}")
-        values = self.bits.items() if isinstance(self.bits, Mapping) else \
-            [(None, self.bits)] if self.bits is not None else []
-        for layer, bits in values:
-            if isinstance(bits, bool) or not isinstance(bits, int) \
-                    or not MIN_BITS <= bits <= MAX_BITS:
-                where = f" of layer {layer!r}" if layer else ""
-                raise ConfigError(f"{name}: bits{where} must be an integer from {MIN_BITS} to "
-                                  f"{MAX_BITS}, got {bits!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
-                or not 0 <= self.seed <= MAX_SEED:
-            raise ConfigError(f"{name}: seed must be an integer from 0 to {MAX_SEED}, got "
-                              f"{self.seed!r}")
+        check_layer_bits(self.bits, MIN_BITS, MAX_BITS, name)
+        check_integer(self.seed, 0, MAX_SEED, name, "seed")
         normalise_layers(self, name)
 
 

@@ -12,7 +12,6 @@ unchanged).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,6 +25,7 @@ from modelzip.prune.masks import MaskKeeper
 from modelzip.quant.grid import clear_grid_hint
 from modelzip.quant.kmeans import CKMEANS_MAX_K, INITS, kmeans_1d, kmeans_1d_optimal
 from modelzip.quant.targets import (
+    check_layer_bits,
     is_conv,
     kept_masks,
     layer_of,
@@ -80,14 +80,7 @@ class WeightSharingConfig:
 
     def __post_init__(self) -> None:
         name = "kmeans"
-        values = self.bits.items() if isinstance(self.bits, Mapping) else \
-            [(None, self.bits)] if self.bits is not None else []
-        for layer, bits in values:
-            if isinstance(bits, bool) or not isinstance(bits, int) \
-                    or not MIN_BITS <= bits <= MAX_BITS:
-                where = f" of layer {layer!r}" if layer else ""
-                raise ConfigError(f"{name}: bits{where} must be an integer from {MIN_BITS} to "
-                                  f"{MAX_BITS}, got {bits!r}")
+        check_layer_bits(self.bits, MIN_BITS, MAX_BITS, name)
         check_choice(self.init, INITS, name, "init")
         check_choice(self.method, METHODS, name, "method")
         if isinstance(self.iters, bool) or not isinstance(self.iters, int) or self.iters < 0:

@@ -16,7 +16,6 @@ against the chance that the filter cannot be built.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,12 +32,13 @@ from modelzip.codec.bloomier import (
     query_bloomier,
 )
 from modelzip.core.selection import LayerSelector
-from modelzip.errors import ConfigError
+from modelzip.errors import ConfigError, check_integer
 from modelzip.finetune import FinetuneConfig, resolve_finetune
 from modelzip.prune.masks import MaskKeeper
 from modelzip.quant.grid import set_grid_hint
 from modelzip.quant.kmeans import kmeans_1d
 from modelzip.quant.targets import (
+    check_layer_bits,
     kept_masks,
     layer_of,
     normalise_layers,
@@ -84,18 +84,10 @@ class WeightlessConfig:
 
     def __post_init__(self) -> None:
         name = "weightless"
-        values = self.bits.items() if isinstance(self.bits, Mapping) else \
-            [(None, self.bits if self.bits is not None else DEFAULT_BITS)]
-        if isinstance(self.cell_bits, bool) or not isinstance(self.cell_bits, int) \
-                or not 1 <= self.cell_bits <= MAX_CELL_BITS:
-            raise ConfigError(f"{name}: cell_bits must be an integer from 1 to "
-                              f"{MAX_CELL_BITS}, got {self.cell_bits!r}")
-        for layer, bits in values:
+        check_integer(self.cell_bits, 1, MAX_CELL_BITS, name, "cell_bits")
+        bits_given = self.bits if self.bits is not None else DEFAULT_BITS
+        for layer, bits in check_layer_bits(bits_given, MIN_BITS, MAX_BITS, name):
             where = f" of layer {layer!r}" if layer else ""
-            if isinstance(bits, bool) or not isinstance(bits, int) \
-                    or not MIN_BITS <= bits <= MAX_BITS:
-                raise ConfigError(f"{name}: bits{where} must be an integer from {MIN_BITS} to "
-                                  f"{MAX_BITS}, got {bits!r}")
             if bits >= self.cell_bits:
                 raise ConfigError(f"{name}: bits{where} = {bits} needs cells of at least "
                                   f"{bits + 1} bits (cluster numbers 1..{2**bits}), got "
@@ -106,10 +98,7 @@ class WeightlessConfig:
                 or self.cells_per_weight < MIN_LOAD:
             raise ConfigError(f"{name}: cells_per_weight must be a number >= {MIN_LOAD} "
                               f"(about 1.23 is needed), got {self.cells_per_weight!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
-                or not 0 <= self.seed <= MAX_SEED:
-            raise ConfigError(f"{name}: seed must be an integer from 0 to {MAX_SEED}, got "
-                              f"{self.seed!r}")
+        check_integer(self.seed, 0, MAX_SEED, name, "seed")
         normalise_layers(self, name)
 
 
