@@ -17,7 +17,7 @@ from torch.nn.utils import parametrize
 
 from modelzip.core.selection import LayerSelector, select, select_values
 from modelzip.errors import ConfigError, check_integer
-from modelzip.prune.masks import layer_of
+from modelzip.prune.masks import MaskKeeper, layer_of
 from modelzip.registry import Context
 from modelzip.registry import normalise_layers as normalise_layer_choice
 
@@ -135,3 +135,19 @@ def parametrized_weights(model: nn.Module, parametrizations: Mapping[str, nn.Mod
             params = dict(module._parameters)
             module._parameters.clear()
             module._parameters.update({k: params[k] for k in order})
+
+
+def train_shared_values(model: nn.Module, shared: Mapping[str, nn.Module], ctx: Context,
+                        config: Any, data: Any, technique: str) -> Any:
+    """Train what ``shared``'s parametrizations compute the named weights from (centroids,
+    levels: the values the file shares), the latent weights kept out of the optimizer and
+    the other layers' masks kept; returns ``ctx.train``'s history. Afterwards each weight is
+    a plain parameter again, holding its parametrization's last value."""
+    modules = dict(model.named_modules())
+    with parametrized_weights(model, shared):
+        for p in shared:
+            modules[layer_of(p)].parametrizations.weight.original.requires_grad_(False)
+        others = {p: m for p, m in ctx.masks.items() if p not in shared}
+        with MaskKeeper(model, others) as keeper:
+            return ctx.train(model, config, data=data, step_callbacks=[keeper],
+                             technique=technique)

@@ -39,16 +39,15 @@ from modelzip.codec.dither import (
 from modelzip.core.selection import LayerSelector
 from modelzip.errors import ConfigError, check_choice, check_integer
 from modelzip.finetune import FinetuneConfig, resolve_finetune
-from modelzip.prune.masks import MaskKeeper
 from modelzip.quant.grid import set_grid_hint
 from modelzip.quant.targets import (
     check_layer_bits,
     kept_masks,
     layer_of,
     normalise_layers,
-    parametrized_weights,
     plan_bits,
     quantizable_weights,
+    train_shared_values,
 )
 from modelzip.registry import Context, register_technique
 
@@ -226,13 +225,8 @@ def universal_quantize(model: nn.Module, config: UniversalQuantConfig, ctx: Cont
                               "finetune_epochs": tune.epochs if tune is not None else 0}
     if tune is not None and dithered:
         shared = {p: _DitheredWeight(d) for p, d in dithered.items()}
-        with parametrized_weights(model, shared):
-            for p in shared:
-                modules[layer_of(p)].parametrizations.weight.original.requires_grad_(False)
-            others = {p: m for p, m in ctx.masks.items() if p not in shared}
-            with MaskKeeper(model, others) as keeper:
-                hist = ctx.train(model, tune, data=ctx.train_data, step_callbacks=[keeper],
-                                 technique="universal (level fine-tuning)")
+        hist = train_shared_values(model, shared, ctx, tune, ctx.train_data,
+                                   "universal (level fine-tuning)")
         for p, s in shared.items():
             dithered[p].levels = s.levels.detach().to(torch.float32).cpu().numpy().copy()
             with torch.no_grad():  # the decoder's own float32 arithmetic, bit for bit

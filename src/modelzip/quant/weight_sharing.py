@@ -21,7 +21,6 @@ from torch import nn
 from modelzip.core.selection import LayerSelector
 from modelzip.errors import ConfigError, check_choice
 from modelzip.finetune import FinetuneConfig, resolve_finetune
-from modelzip.prune.masks import MaskKeeper
 from modelzip.quant.grid import clear_grid_hint
 from modelzip.quant.kmeans import CKMEANS_MAX_K, INITS, kmeans_1d, kmeans_1d_optimal
 from modelzip.quant.targets import (
@@ -30,9 +29,9 @@ from modelzip.quant.targets import (
     kept_masks,
     layer_of,
     normalise_layers,
-    parametrized_weights,
     plan_bits,
     quantizable_weights,
+    train_shared_values,
 )
 from modelzip.registry import Context, register_technique
 from modelzip.train import TrainConfig
@@ -148,16 +147,8 @@ def _finetune(model: nn.Module, clustered: dict[str, _Clustered], cfg: TrainConf
     """Train the centroids (and every parameter that is not shared) with the clusters and
     zero patterns fixed; returns what the run did. ``clustered`` gets the final centroids."""
     train = ctx.require("train_data", "kmeans")
-    modules = dict(model.named_modules())
     shared = {p: _SharedWeight(c.centroids, c.labels, c.keep) for p, c in clustered.items()}
-    with parametrized_weights(model, shared):
-        for p in clustered:
-            # The latent weight is unused: keep it out of the optimizer.
-            modules[layer_of(p)].parametrizations.weight.original.requires_grad_(False)
-        others = {p: m for p, m in ctx.masks.items() if p not in clustered}
-        with MaskKeeper(model, others) as keeper:
-            hist = ctx.train(model, cfg, data=train, step_callbacks=[keeper],
-                             technique="kmeans (centroid fine-tuning)")
+    hist = train_shared_values(model, shared, ctx, cfg, train, "kmeans (centroid fine-tuning)")
     moved = {}
     for p, s in shared.items():
         new = s.centroids.detach().clone()

@@ -34,7 +34,6 @@ from modelzip.codec.bloomier import (
 from modelzip.core.selection import LayerSelector
 from modelzip.errors import ConfigError, check_integer
 from modelzip.finetune import FinetuneConfig, resolve_finetune
-from modelzip.prune.masks import MaskKeeper
 from modelzip.quant.grid import set_grid_hint
 from modelzip.quant.kmeans import kmeans_1d
 from modelzip.quant.targets import (
@@ -42,9 +41,9 @@ from modelzip.quant.targets import (
     kept_masks,
     layer_of,
     normalise_layers,
-    parametrized_weights,
     plan_bits,
     quantizable_weights,
+    train_shared_values,
 )
 from modelzip.registry import Context, register_technique
 
@@ -186,13 +185,8 @@ def weightless(model: nn.Module, config: WeightlessConfig, ctx: Context) -> nn.M
                               "finetune_epochs": tune.epochs if tune is not None else 0}
     if tune is not None and filtered:
         shared = {p: _FilteredWeight(f) for p, f in filtered.items()}
-        with parametrized_weights(model, shared):
-            for p in shared:
-                modules[layer_of(p)].parametrizations.weight.original.requires_grad_(False)
-            others = {p: m for p, m in ctx.masks.items() if p not in shared}
-            with MaskKeeper(model, others) as keeper:
-                hist = ctx.train(model, tune, data=ctx.train_data, step_callbacks=[keeper],
-                                 technique="weightless (retraining)")
+        hist = train_shared_values(model, shared, ctx, tune, ctx.train_data,
+                                   "weightless (retraining)")
         for p, s in shared.items():
             filtered[p].codebook = _nonzero(s.codebook.detach().to(torch.float32).numpy())
             with torch.no_grad():  # the decoder's own arithmetic, bit for bit
