@@ -26,9 +26,13 @@ Methods:
   ``bias_bits``);
 - ``slq`` / ``mlq``: single/multiple-level quantization (Xu et al. 2018) of the most pruned
   checkpoint;
+- ``sparse-vd`` points share the surviving biases on an affine grid (``slq``'s
+  ``bias_grid``): a scale and a zero point in the file instead of a codebook of floats;
 - ``universal``, ``transform-coding``, ``weightless``: the registered techniques of those
-  names with their default settings, on the most pruned checkpoint; a name that is not
-  registered gives a failed row that says so (and exit status 1).
+  names at their defaults on the most pruned checkpoint and at a few settings around them,
+  from the most pruned, the dense (transform coding, whose DCT does not keep zeros) and the
+  sparse-vd checkpoint; a name that is not registered gives a failed row that says so (and
+  exit status 1).
 
 ``--only METHOD[,..] --merge`` re-runs some methods and keeps the other rows of the existing
 JSON. Writes bench/results/size_frontier.json, size_frontier.png and the files under
@@ -258,11 +262,12 @@ def _dc(name: str, quick: bool) -> Points:
 
 def _sparse_vd(name: str, quick: bool) -> Points:
     # k-means with centroid fine-tuning, then slq in one round without retraining: the same
-    # 2^bits shared weights, and the surviving biases shared among 2^BIAS_BITS values.
+    # 2^bits shared weights, and the surviving biases on a grid of 2^BIAS_BITS levels (the
+    # file stores its scale and zero point, not a codebook of floats).
     tune = SHARE if quick else SHARE_AFTER_SVD
     return [(f"{bits}bit", "sparse-vd", [
         {"kmeans": {"bits": bits, "method": "optimal", "finetune": tune}},
-        {"slq": {"bits": bits, "portion": 1.0, "bias_bits": BIAS_BITS,
+        {"slq": {"bits": bits, "portion": 1.0, "bias_bits": BIAS_BITS, "bias_grid": True,
                  "finetune": {"epochs": 0}}}])
             for bits in ((3,) if quick else SVD_BITS[name])]
 
@@ -280,16 +285,44 @@ def _mlq(name: str, quick: bool) -> Points:
                                           "finetune": {"epochs": 1, "lr": 0.001}}}])]
 
 
-def _coding(method: str) -> Callable[[str, bool], Points]:
-    def points(name: str, quick: bool) -> Points:
-        return [("max-default", "max", [{method: {}}])]
+# The coding methods, each at its defaults on the most pruned checkpoint and at a few settings
+# around them, from the most pruned and from the sparse-vd checkpoint; on a conv-only model
+# ("max" is then the l1-pruned one) the same points.
+def _universal(name: str, quick: bool) -> Points:
+    tune = {"epochs": 1, "lr": 0.001}
+    if quick:
+        return [("max-default", "max", [{"universal": {}}])]
+    return [("max-default", "max", [{"universal": {}}]),
+            ("max-3bit-ft", "max", [{"universal": {"bits": 3, "finetune": tune}}]),
+            ("svd-4bit-ft", "sparse-vd", [{"universal": {"bits": 4, "finetune": tune}}]),
+            ("svd-3bit-ft", "sparse-vd", [{"universal": {"bits": 3, "finetune": tune}}])]
 
-    return points
+
+def _transform_coding(name: str, quick: bool) -> Points:
+    if quick:
+        return [("max-default", "max", [{"transform-coding": {}}])]
+    return [("max-default", "max", [{"transform-coding": {}}]),
+            ("max-4bit", "max", [{"transform-coding": {"bits": 4}}]),
+            ("dense-4bit", "dense", [{"transform-coding": {"bits": 4}}]),
+            ("svd-5bit", "sparse-vd", [{"transform-coding": {"bits": 5}}]),
+            ("svd-kmeans-4bit", "sparse-vd", [{"transform-coding": {"bits": 4,
+                                                                    "quantizer": "kmeans"}}])]
+
+
+def _weightless(name: str, quick: bool) -> Points:
+    tune = {"epochs": 1, "lr": 0.001}
+    if quick:
+        return [("max-default", "max", [{"weightless": {}}])]
+    # Very sparse layers need wide cells: a false positive lands on any pruned position.
+    return [("max-default", "max", [{"weightless": {}}]),
+            ("svd-default-ft", "sparse-vd", [{"weightless": {"finetune": tune}}]),
+            ("svd-cell10-ft", "sparse-vd", [{"weightless": {"cell_bits": 10,
+                                                             "finetune": tune}}])]
 
 
 METHODS: dict[str, Callable[[str, bool], Points]] = {
     "deep-compression": _dc, "sparse-vd": _sparse_vd, "slq": _slq, "mlq": _mlq,
-    **{m: _coding(m) for m in CODING_METHODS}}
+    "universal": _universal, "transform-coding": _transform_coding, "weightless": _weightless}
 TECHNIQUE_OF = {"deep-compression": "kmeans", "sparse-vd": "sparse-vd", "slq": "slq",
                 "mlq": "mlq", **{m: m for m in CODING_METHODS}}
 

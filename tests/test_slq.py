@@ -131,3 +131,35 @@ def test_bias_bits_share_the_non_zero_biases_and_keep_zero_biases() -> None:
     assert ctx.records[-1]["bias_values"]["1"] <= 4
     with pytest.raises(ConfigError, match="bias_bits"):
         config_from_dict("mlq", {"bias_bits": 0})
+
+
+def test_bias_grid_puts_the_biases_on_a_grid_that_the_file_stores_without_a_codebook() -> None:
+    from modelzip.codec.artifact import summarize_artifact
+    from modelzip.codec.model import pack, unpack
+
+    def shared(config: SLQConfig) -> nn.Module:
+        model = _mlp()
+        with torch.no_grad():
+            model[1].bias[:5] = 0.0
+        return apply(model, config, Context(progress=False))
+
+    kmeans_model = shared(SLQConfig(bits=2, portion=1.0, bias_bits=5))
+    grid_model = shared(SLQConfig(bits=2, portion=1.0, bias_bits=5, bias_grid=True))
+    bias = grid_model[1].bias.detach()
+    assert bool((bias[:5] == 0).all())
+    step = (bias.max().clamp(min=0) - bias.min().clamp(max=0)) / 31
+    codes = bias / step
+    assert torch.allclose(codes - codes.round(), torch.zeros_like(codes), atol=1e-3)
+    assert _distinct_nonzero(bias) <= 32
+    sizes = {}
+    for label, model in (("kmeans", kmeans_model), ("grid", grid_model)):
+        blob = pack(model)
+        back = unpack(blob, model=_mlp())
+        for key, value in model.state_dict().items():
+            assert torch.equal(back.state_dict()[key], value), key
+        sizes[label] = {t["name"]: t for t in summarize_artifact(blob)["tensors"]}
+    assert sizes["grid"]["1.bias"]["bytes"] < sizes["kmeans"]["1.bias"]["bytes"]
+    with pytest.raises(ConfigError, match="bias_grid needs bias_bits"):
+        config_from_dict("slq", {"bias_grid": True})
+    with pytest.raises(ConfigError, match="bias_grid must be true or false"):
+        config_from_dict("mlq", {"bias_bits": 4, "bias_grid": "yes"})

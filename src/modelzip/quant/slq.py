@@ -30,7 +30,7 @@ from modelzip.core.selection import LayerSelector
 from modelzip.errors import ConfigError, check_choice, check_integer
 from modelzip.finetune import FinetuneConfig, resolve_finetune
 from modelzip.prune.masks import MaskKeeper
-from modelzip.quant.grid import clear_grid_hint
+from modelzip.quant.grid import clear_grid_hint, grid_hint, set_grid_hint
 from modelzip.quant.kmeans import INITS, kmeans_1d
 from modelzip.quant.targets import (
     check_layer_bits,
@@ -40,6 +40,7 @@ from modelzip.quant.targets import (
     plan_bits,
     quantizable_weights,
 )
+from modelzip.quant.uniform import affine_params, dequantize, quantize
 from modelzip.registry import Context, register_technique
 
 __all__ = ["MLQConfig", "SLQConfig", "cluster_losses", "mlq", "partition_clusters", "slq"]
@@ -76,6 +77,10 @@ def _check_common(config: Any, name: str) -> None:
     check_choice(config.init, INITS, name, "init")
     if config.bias_bits is not None:
         check_integer(config.bias_bits, MIN_BITS, MAX_BITS, name, "bias_bits", " (or left out)")
+    if not isinstance(config.bias_grid, bool):
+        raise ConfigError(f"{name}: bias_grid must be true or false, got {config.bias_grid!r}")
+    if config.bias_grid and config.bias_bits is None:
+        raise ConfigError(f"{name}: bias_grid needs bias_bits (the grid's 2^bias_bits levels)")
     normalise_layers(config, name)
 
 
@@ -94,6 +99,10 @@ class SLQConfig:
     - ``bias_bits``: also share each chosen layer's non-zero biases, at the end, among
       2^bias_bits values (1..8; default None: biases stay float). A small model's biases
       are a large part of its file;
+    - ``bias_grid``: the biases' shared values are an affine grid of 2^bias_bits levels over
+      [min(b, 0), max(b, 0)] per layer instead of k-means centroids: the file then stores a
+      scale and a zero point instead of a codebook of floats (on a small model that is most
+      of a bias's bytes); a bias within half a step of 0 becomes 0;
     - ``layers``: which layers (default every Linear, Conv and Embedding weight)."""
 
     bits: int | dict[str, int] | None = 4
@@ -101,6 +110,7 @@ class SLQConfig:
     finetune: FinetuneConfig | None = None
     init: str = "linear"
     bias_bits: int | None = None
+    bias_grid: bool = False
     layers: LayerSelector | None = None
 
     def __post_init__(self) -> None:
@@ -113,7 +123,8 @@ class MLQConfig:
     retraining trains all weights not fixed yet, later layers' included.
 
     - ``bits``: 2^bits shared values per layer (1..8, the paper's MLQ is for 2-3; default 3);
-    - ``portion``, ``finetune``, ``init``, ``bias_bits``, ``layers``: as for ``slq``;
+    - ``portion``, ``finetune``, ``init``, ``bias_bits``, ``bias_grid``, ``layers``: as for
+      ``slq``;
     - ``order``: model (the model's order) | largest (most kept weights first: the layers
       that can absorb most) | smallest."""
 
@@ -122,6 +133,7 @@ class MLQConfig:
     finetune: FinetuneConfig | None = None
     init: str = "linear"
     bias_bits: int | None = None
+    bias_grid: bool = False
     order: str = "model"
     layers: LayerSelector | None = None
 
@@ -198,22 +210,31 @@ def _round(layer: _Layer, w: torch.Tensor, float_mask: torch.Tensor, portion: fl
 
 
 @torch.no_grad()
-def _share_biases(modules: list[nn.Module], bits: int, init: str) -> dict[int, int]:
-    """k-means of each module's non-zero biases into at most 2^bits values (zeros stay 0.0);
-    returns module index -> distinct non-zero biases afterwards."""
+def _share_biases(modules: list[nn.Module], bits: int, init: str, grid: bool
+                  ) -> dict[int, int]:
+    """Each module's non-zero biases shared among at most 2^bits values: k-means centroids
+    (zeros stay 0.0, non-zeros stay non-zero) or, with ``grid``, an affine grid per module
+    whose hint tells the encoder to store its scale and zero point. Returns module index ->
+    distinct non-zero biases afterwards."""
     out = {}
     for i, module in enumerate(modules):
         bias = getattr(module, "bias", None)
         if not isinstance(bias, torch.Tensor) or not bool((bias != 0).any()):
             continue
         kept = bias != 0
-        values = bias[kept]
-        centroids, labels = kmeans_1d(values, min(2**bits, int(values.numel())), init)
-        shared = centroids.to(bias.dtype)
-        tiny = torch.finfo(bias.dtype).tiny
-        shared = torch.where(shared == 0, torch.where(centroids < 0, -tiny, tiny), shared)
-        bias[kept] = shared[labels]
-        out[i] = int(torch.unique(bias[kept]).numel())
+        if grid:
+            params = affine_params(bias[kept], bits)
+            bias.copy_(torch.where(kept, dequantize(quantize(bias, params), params,
+                                                    bias.dtype), 0.0))
+            set_grid_hint(module, "bias", grid_hint(params, bits))
+        else:
+            centroids, labels = kmeans_1d(bias[kept], min(2**bits, int(kept.sum())), init)
+            shared = centroids.to(bias.dtype)
+            tiny = torch.finfo(bias.dtype).tiny
+            shared = torch.where(shared == 0, torch.where(centroids < 0, -tiny, tiny), shared)
+            bias[kept] = shared[labels]
+            clear_grid_hint(module, "bias")
+        out[i] = int(torch.unique(bias[bias != 0]).numel())
     return out
 
 
@@ -259,7 +280,8 @@ def _incremental(model: nn.Module, name: str, config: Any, levels: list[list[str
     for p in layers:
         clear_grid_hint(modules[layer_of(p)], "weight")
     biases = _share_biases([modules[layer_of(p)] for p in plan], config.bias_bits,
-                           config.init) if config.bias_bits is not None else {}
+                           config.init, config.bias_grid) \
+        if config.bias_bits is not None else {}
     per_layer = []
     for p, layer in layers.items():
         w = weights[p].detach()
