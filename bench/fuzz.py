@@ -70,8 +70,9 @@ HANG_SECONDS = 10
 INTERESTING = [-1, 0, 1, 2, 3, 7, 8, 16, 17, 255, 256, 65536, 65537, 2**31, 2**32, 2**62,
                2**63, 2**64, 10**30, 1.5, -0.0, "x", "", None, True, False, [], {}, [0],
                [2**62, 0], [1] * 40, [2**28], [4, 4], "float32", "int32", "bool", "float16",
-               "uint64", "dense", "sparse-gaps", "sparse-fixed", "huffman", "rans", "raw",
-               "plain", {"coder": "raw", "bytes": 0}, {"size": 1, "bytes": 4}]
+               "uint64", "dense", "sparse-gaps", "sparse-fixed", "sparse-lines", "huffman",
+               "rans", "raw", "plain", {"coder": "raw", "bytes": 0}, {"size": 1, "bytes": 4},
+               [2, 3], [0, 0]]
 
 
 def base_arrays() -> dict[str, np.ndarray]:
@@ -82,8 +83,11 @@ def base_arrays() -> dict[str, np.ndarray]:
     far = np.zeros(2000, np.int8)
     far[[3, 900, 1999]] = [1, -2, 3]
     grid = (rng.integers(-7, 8, (4, 10)) * np.float32(0.125)).astype(np.float32)
-    return {"dense": rng.standard_normal((6, 7)).astype(np.float32), "sparse": sparse,
-            "far": far, "shared": rng.choice([-1.0, 0.0, 2.0], (5, 8)).astype(np.float32),
+    lines = np.zeros((12, 10), np.float32)  # dead rows and columns: the sparse-lines layout
+    lines[np.ix_([1, 6, 7], [0, 3, 9])] = [[0.5, -1.0, 0.5], [2.0, 0.5, 0.5], [-1.0, 0.5, 2.0]]
+    return {"lines": lines, "dense": rng.standard_normal((6, 7)).astype(np.float32),
+            "sparse": sparse, "far": far,
+            "shared": rng.choice([-1.0, 0.0, 2.0], (5, 8)).astype(np.float32),
             "grid": grid, "i64": np.arange(12, dtype=np.int64).reshape(3, 4),
             "mask": rng.random(30) > 0.5, "half": rng.standard_normal(9).astype(np.float16),
             "scalar": np.float32(3.5).reshape(()), "empty": np.zeros((0, 3), np.float32)}

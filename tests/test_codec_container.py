@@ -295,6 +295,19 @@ def test_every_flipped_byte_of_a_small_artifact(small: bytes) -> None:
             read_artifact(bytes(data))
 
 
+def test_every_flipped_byte_of_a_sparse_lines_artifact() -> None:
+    dead_units = np.zeros((60, 50), np.float32)  # after sparsity training: whole units dead
+    dead_units[::6, ::4] = sparse_weights(3, (10, 13), 0.5)
+    dead_units[::6, 0] = dead_units[0, ::4] = 0.5
+    data = write_artifact({"w": dead_units})
+    assert [r["layout"] for r in describe_artifact(data)] == ["sparse-lines"]
+    for i in range(len(data)):
+        flipped = bytearray(data)
+        flipped[i] ^= 0x01 if i % 2 else 0x80
+        with pytest.raises(ArtifactError):
+            read_artifact(bytes(flipped))
+
+
 def test_flipped_bytes_of_a_larger_artifact(larger: bytes) -> None:
     rng = np.random.default_rng(0)
     for i in rng.choice(len(larger), size=200, replace=False):

@@ -241,6 +241,75 @@ def test_lying_entries_are_refused(coded: dict, layout: str, changes: dict,
         decode_tensor(lie(entry, **changes), payload)
 
 
+def dead_units(seed: int, shape: tuple[int, ...] = (60, 80), live: tuple[int, int] = (12, 20),
+               density: float = 0.3) -> np.ndarray:
+    """A layer after sparsity training: most rows (units) and columns (inputs) dead, the
+    live submatrix sparse."""
+    rng = np.random.default_rng(seed)
+    rows = shape[0]
+    cols = int(np.prod(shape[1:]))
+    array = np.zeros((rows, cols), np.float32)
+    r = np.sort(rng.choice(rows, live[0], replace=False))
+    c = np.sort(rng.choice(cols, live[1], replace=False))
+    sub = shared_sparse(seed, live, density)
+    sub[:, 0] = sub[0, :] = 0.125  # every chosen row and column holds a non-zero
+    array[np.ix_(r, c)] = sub
+    return array.reshape(shape)
+
+
+@pytest.mark.parametrize("coder", ["best", *sorted(CODERS)])
+def test_sparse_lines_codes_dead_rows_and_columns_once(coder: str) -> None:
+    array = dead_units(7)
+    found = layouts(array, coder)
+    assert "sparse-lines" in found
+    entry, payload = found["sparse-lines"]
+    assert entry["lines"] == [12, 20] and entry["entries"] == np.count_nonzero(array)
+    assert bits_equal(decode_tensor(entry, payload), array)
+    if coder != "raw":  # the gaps within the live submatrix are short
+        assert len(payload) < len(found["sparse-gaps"][1])
+        assert encode_tensor(array, coder)[0]["layout"] == "sparse-lines"
+    conv = dead_units(8, (16, 4, 3, 3), (5, 9))  # dead output channels and filter taps
+    entry, payload = encode_tensor(conv, coder)
+    assert bits_equal(decode_tensor(entry, payload), conv)
+
+
+def test_sparse_lines_is_not_tried_where_every_line_is_live() -> None:
+    array = shared_sparse(9, (30, 40), density=0.5)
+    assert "sparse-lines" not in layouts(array)
+    assert "sparse-lines" not in layouts(np.where(np.arange(50) % 7 == 0, 1.0, 0.0))  # 1-D
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"lines": [61, 20]}, "out of range"),
+    ({"lines": [12, 4801]}, "out of range"),
+    ({"lines": [2, 2]}, "do not fit"),
+    ({"lines": [12]}, "live rows, live columns"),
+    ({"lines": [12.0, 20]}, "live rows, live columns"),
+    ({"lines": None}, "live rows, live columns"),
+    ({"lines": [13, 20]}, "out of range|reaches|symbols|bytes|CRC32|non-zeros"),
+    ({"shape": [4800]}, "2 or more dimensions"),
+    ({"shape": [0, 80]}, "nonzeros. = 97 is out of range"),
+    ({"entries": 5}, "entries"),
+    ({"shape": [80, 60]}, "CRC32|out of range|reaches"),
+])
+def test_lying_sparse_lines_entries_are_refused(changes: dict, message: str) -> None:
+    entry, payload = layouts(dead_units(7))["sparse-lines"]
+    with pytest.raises(ArtifactError, match=message):
+        decode_tensor(lie(entry, **changes), payload)
+
+
+def test_a_live_line_past_the_end_is_refused() -> None:
+    # live rows at 1 and 4 of 4; live column 0 of 2; entries at (0,0), (1,0)
+    index = CODERS["raw"].encode(np.array([1, 2, 0, 0, 0]))
+    values = np.array([1, 2], dtype="<i4").tobytes()
+    entry = {"dtype": "int32", "shape": [4, 2], "nonzeros": 2, "layout": "sparse-lines",
+             "entries": 2, "lines": [2, 1], "decoded_crc32": 0,
+             "index": {"coder": "raw", "bytes": len(index)},
+             "values": {"coder": "plain", "bytes": len(values)}}
+    with pytest.raises(ArtifactError, match="live row reaches position 4 of 4"):
+        decode_tensor(entry, index + values)
+
+
 def test_codebook_index_out_of_range_is_refused() -> None:
     indices = CODERS["raw"].encode(np.array([0, 1, 5]))
     book = np.array([0.5, 1.5], dtype="<f4").tobytes()

@@ -384,12 +384,30 @@ def decode_tensor(entry: dict[str, Any], payload: bytes, version: int = 2,
     positions = None
     if entry["layout"] != "dense":
         n = entry["entries"]
-        index = CODERS[entry["index"]["coder"]](payload[:entry["index"]["bytes"]], n)
+        live_rows, live_cols = entry["lines"] if entry["layout"] == "sparse-lines" else (0, 0)
+        index = CODERS[entry["index"]["coder"]](payload[:entry["index"]["bytes"]],
+                                                live_rows + live_cols + n)
         pos = entry["index"]["bytes"]
-        positions, at = [], -1
-        for gap in index:
-            at += gap + 1
-            positions.append(at)
+
+        def gaps_to_positions(gaps: list[int], limit: int) -> list[int]:
+            out, at = [], -1
+            for gap in gaps:
+                assert gap < limit
+                at += gap + 1
+                out.append(at)
+            assert not out or out[-1] < limit
+            return out
+
+        if entry["layout"] == "sparse-lines":
+            rows = entry["shape"][0]
+            width = count // rows
+            row_at = gaps_to_positions(index[:live_rows], rows)
+            col_at = gaps_to_positions(index[live_rows:live_rows + live_cols], width)
+            within = gaps_to_positions(index[live_rows + live_cols:], live_rows * live_cols)
+            positions = [row_at[p // live_cols] * width + col_at[p % live_cols]
+                         for p in within]
+        else:
+            positions = gaps_to_positions(index, count)
     else:
         n = count
     values_info = entry["values"]
@@ -438,6 +456,9 @@ def arrays() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     sparse = np.zeros(600, np.float32)
     sparse[rng.choice(600, 40, replace=False)] = rng.choice([-0.5, 0.25, 1.0], 40)
+    dead_units = np.zeros((40, 3, 5), np.float32)  # sparse-lines: rows 3, 17, 30 and 6 columns
+    live = np.random.default_rng(1).choice([0.5, -1.0], (3, 6))  # own rng: the rest unchanged
+    dead_units.reshape(40, 15)[np.ix_([3, 17, 30], [0, 4, 7, 8, 11, 14])] = live
     far = np.zeros(3000, np.int8)  # long runs of zeros: the fixed-width gaps need fillers
     far[rng.choice(3000, 30, replace=False)] = rng.choice([3, -2, 7], 30).astype(np.int8)
     return {
@@ -445,6 +466,7 @@ def arrays() -> dict[str, np.ndarray]:
         "dense_plain": rng.standard_normal(37).astype(np.float32),
         "sparse": sparse,
         "far": far,
+        "dead_units": dead_units,
         "skewed": np.repeat(np.arange(5, dtype=np.int32), [200, 50, 10, 3, 1]),
         "uint16": rng.integers(0, 4, 100).astype(np.uint16),
         "bool": rng.random(70) < 0.3,
@@ -472,7 +494,8 @@ def test_independent_decoder_reads_every_layout(coder: str) -> None:
             array, dtype=array.dtype.newbyteorder("<")).tobytes(), name
     entries = manifest["tensors"].values()
     if coder == "best":  # the arrays do reach every layout and value coding
-        assert {e["layout"] for e in entries} == {"dense", "sparse-gaps", "sparse-fixed"}
+        assert {e["layout"] for e in entries} == {"dense", "sparse-gaps", "sparse-fixed",
+                                                  "sparse-lines"}
         assert {"plain", "huffman", "raw"} <= {e["values"]["coder"] for e in entries}
     else:
         assert {e["values"]["coder"] for e in entries} <= {coder, "plain"}

@@ -9,8 +9,14 @@ Layouts (``entry["layout"]``):
 - ``sparse-fixed``: Deep Compression's relative index: gaps in ``gap_bits`` bits; a gap too
   long for that width is bridged by filler entries (a zero value at most ``2**gap_bits``
   positions on), which take a value slot too. The width is chosen per tensor.
+- ``sparse-lines`` (2 or more dimensions): the tensor as a matrix of ``shape[0]`` rows; the
+  index stream first lists its live rows and live columns (those with a non-zero; ``lines``
+  = their numbers), as gaps, then the non-zeros' gaps within the submatrix of live rows x
+  live columns. Sparsity training (``sparse-vd``) leaves whole units dead, and then the
+  gaps within the live submatrix are much shorter than in the whole.
 
-Both sparse layouts decode alike: entry i sits ``index[i] + 1`` positions after entry i-1.
+Both gap layouts decode alike: entry i sits ``index[i] + 1`` positions after entry i-1 (in
+``sparse-lines``, within the live submatrix).
 
 Values (``entry["values"]``) are coded in one of three ways, whichever is smallest:
 
@@ -103,7 +109,7 @@ __all__ = [
 
 SUPPORTED_DTYPES = ("bool", "float16", "float32", "float64", "int8", "int16", "int32",
                     "int64", "uint8", "uint16", "uint32", "uint64")
-LAYOUTS = ("dense", "sparse-gaps", "sparse-fixed")
+LAYOUTS = ("dense", "sparse-gaps", "sparse-fixed", "sparse-lines")
 MAX_CODEBOOK = 65536
 MAX_GRID_LEVELS = 65536  # grid integers and zero points: exact in float32 (below 2**24)
 MAX_GAP_BITS = 16
@@ -260,7 +266,7 @@ def _encode_values(values: np.ndarray, itemsize: int, coder: str, grid: _Grid | 
 
 def _candidate(layout: str, index: np.ndarray | None, values: np.ndarray, itemsize: int,
                coder: str, grid: _Grid | None = None, grid_symbols: np.ndarray | None = None,
-               **extra: int) -> _Candidate:
+               **extra: Any) -> _Candidate:
     streams = []
     fields: dict[str, Any] = {"layout": layout, **extra}
     if index is not None:
@@ -283,6 +289,25 @@ def fixed_gap_entries(gaps: np.ndarray, gap_bits: int) -> tuple[np.ndarray, np.n
     index = np.full(int(per_gap.sum()), span - 1, dtype=np.int64)
     index[real] = gaps - (per_gap - 1) * span - 1
     return index, real
+
+
+def line_index(array: np.ndarray) -> tuple[np.ndarray, list[int]] | None:
+    """The ``sparse-lines`` index of ``array`` (2 or more dimensions; as a matrix of
+    ``shape[0]`` rows): the gaps between its live rows, then between its live columns, then
+    between its non-zeros within the live submatrix (each gap = the lines or elements skipped,
+    so 0 for adjacent ones), and ``[live rows, live columns]``. None when every row and
+    column is live (the layout would only repeat ``sparse-gaps``) or the array is 1-D, empty
+    or all zero."""
+    if array.ndim < 2 or array.size == 0:
+        return None
+    live = np.asarray(array).reshape(array.shape[0], -1) != 0
+    rows, cols = np.flatnonzero(live.any(axis=1)), np.flatnonzero(live.any(axis=0))
+    if rows.size == 0 or (rows.size == live.shape[0] and cols.size == live.shape[1]):
+        return None
+    within = np.flatnonzero(live[np.ix_(rows, cols)])
+    index = np.concatenate([np.diff(rows, prepend=-1) - 1, np.diff(cols, prepend=-1) - 1,
+                            np.diff(within, prepend=-1) - 1])
+    return index, [int(rows.size), int(cols.size)]
 
 
 def _choose_gap_bits(gaps: np.ndarray, nonzero_values: np.ndarray, itemsize: int,
@@ -322,8 +347,9 @@ def _choose_gap_bits(gaps: np.ndarray, nonzero_values: np.ndarray, itemsize: int
 def layout_candidates(array: np.ndarray, coder: str = "best", hint: Any = None, *,
                       name: str = "") -> list[tuple[dict[str, Any], bytes]]:
     """Every layout tried for ``array``, each as (entry, payload): dense; and, unless it has
-    no zero, sparse-gaps and (when a width below the longest gap helps) sparse-fixed with the
-    gap width of smallest estimated size. ``hint`` (see ``encode_tensor``) adds the grid to the
+    no zero, sparse-gaps, (when a width below the longest gap helps) sparse-fixed with the
+    gap width of smallest estimated size, and (when a row or column is all zero)
+    sparse-lines. ``hint`` (see ``encode_tensor``) adds the grid to the
     value codings each layout chooses from. ``encode_tensor`` keeps the smallest."""
     _check_coder(coder)
     array = np.asarray(array)
@@ -349,6 +375,12 @@ def layout_candidates(array: np.ndarray, coder: str = "best", hint: Any = None, 
             symbols = grid.symbols(np.cumsum(index + 1) - 1) if grid else None
             candidates.append(_candidate("sparse-fixed", index, values, itemsize, coder,
                                          grid, symbols, gap_bits=gap_bits))
+        lines = line_index(bits.reshape(array.shape))
+        if lines is not None:
+            candidates.append(_candidate("sparse-lines", lines[0], bits[nonzero], itemsize,
+                                         coder, grid,
+                                         grid.symbols(nonzero) if grid else None,
+                                         lines=lines[1]))
     shape = [int(d) for d in array.shape]
     crc = tensor_crc32(bits, dtype_name, shape, name)
     out = []
@@ -379,7 +411,7 @@ def encode_tensor(array: np.ndarray, coder: str = "best", hint: Any = None, *,
     the tensor's name in its artifact, covered by the CRC32 (decode with the same name)."""
     def smallest(candidates: list[tuple[dict[str, Any], bytes]]
                  ) -> tuple[dict[str, Any], bytes]:
-        # min keeps the first of equals: dense, then sparse-gaps, then sparse-fixed
+        # min keeps the first of equals: dense, sparse-gaps, sparse-fixed, sparse-lines
         return min(candidates, key=lambda c: len(c[1]))
 
     kind = hint.get("kind", "grid") if isinstance(hint, Mapping) else "grid"
@@ -488,6 +520,7 @@ class TensorEntry:
     scale_bytes: int = 0
     zero_point_coder: str | None = None
     zero_point_bytes: int = 0
+    lines: tuple[int, int] | None = None  # sparse-lines: live rows, live columns
     coding: str = ""  # "": layout + value coding; else one of CODINGS
     spec: Any = None  # the coding's checked fields (DitherSpec, TransformSpec, BloomierSpec)
 
@@ -549,16 +582,18 @@ def check_entry(entry: Any, *, where: str = "tensor",
     layout = entry.get("layout")
     if layout not in LAYOUTS:
         raise _fail(where, f"layout {layout!r} is unknown (known: {', '.join(LAYOUTS)})")
-    gap_bits = None
+    gap_bits = lines = None
     if layout == "dense":
         entries, index_coder, index_bytes = count, None, 0
     else:
         entries = _int(entry, "entries", where, nonzeros, count)
-        if layout == "sparse-gaps" and entries != nonzeros:
-            raise _fail(where, f"sparse-gaps layout with {entries} entries for {nonzeros} "
+        if layout in ("sparse-gaps", "sparse-lines") and entries != nonzeros:
+            raise _fail(where, f"{layout} layout with {entries} entries for {nonzeros} "
                                "non-zeros")
         if layout == "sparse-fixed":
             gap_bits = _int(entry, "gap_bits", where, 1, MAX_GAP_BITS)
+        if layout == "sparse-lines":
+            lines = _check_lines(entry, where, shape, entries)
         index_coder, index_bytes = _stream(entry, "index", where, tuple(sorted(CODERS)))
     value_coder, value_bytes = _stream(entry, "values", where, (*sorted(CODERS), PLAIN))
     codebook_size = codebook_bytes = 0
@@ -586,7 +621,27 @@ def check_entry(entry: Any, *, where: str = "tensor",
                        index_coder=index_coder, index_bytes=index_bytes,
                        value_coder=value_coder, value_bytes=value_bytes,
                        codebook_size=codebook_size, codebook_bytes=codebook_bytes,
-                       decoded_crc32=decoded_crc32, crc_field=crc_field, **grid)
+                       decoded_crc32=decoded_crc32, crc_field=crc_field, lines=lines, **grid)
+
+
+def _check_lines(entry: dict[str, Any], where: str, shape: list[int], entries: int
+                 ) -> tuple[int, int]:
+    """The ``lines`` field of a sparse-lines entry: [live rows, live columns], within the
+    tensor's matrix of shape[0] rows, with room for the entries."""
+    if len(shape) < 2 or math.prod(shape) == 0:
+        raise _fail(where, f"the sparse-lines layout needs a non-empty tensor of 2 or more "
+                           f"dimensions, not shape {shape}")
+    lines = entry.get("lines")
+    if (not isinstance(lines, list) or len(lines) != 2
+            or any(type(n) is not int for n in lines)):
+        raise _fail(where, f"lines {lines!r} is not [live rows, live columns]")
+    rows, cols = shape[0], math.prod(shape) // shape[0]
+    if not (0 <= lines[0] <= rows and 0 <= lines[1] <= cols):
+        raise _fail(where, f"lines {lines} out of range for a matrix of {rows} x {cols}")
+    if entries > lines[0] * lines[1]:
+        raise _fail(where, f"{entries} entries do not fit in {lines[0]} x {lines[1]} live "
+                           "rows and columns")
+    return lines[0], lines[1]
 
 
 def _check_coding(entry: dict[str, Any], where: str, dtype_name: str, shape: tuple[int, ...],
@@ -646,8 +701,37 @@ def _check_grid(entry: dict[str, Any], where: str, dtype_name: str, shape: list[
 
 
 # ============================================================================ decoding
+def _gap_positions(index: np.ndarray, size: int, what: str, where: str) -> np.ndarray:
+    """Positions from gaps (``index[i] + 1`` after the previous one), each < ``size``."""
+    if index.size == 0:
+        return index
+    if int(index.max()) >= size:
+        raise _fail(where, f"{what} gap {int(index.max())} out of range (limit {size})")
+    positions = np.cumsum(index + 1) - 1
+    if positions[-1] >= size:
+        raise _fail(where, f"the {what} reaches position {int(positions[-1])} of {size}")
+    return positions
+
+
+def _line_positions(e: TensorEntry, data: np.ndarray, where: str) -> np.ndarray:
+    """Element positions of a sparse-lines entry: live rows, live columns, then the entries
+    within the live submatrix (row-major), mapped back to the whole tensor."""
+    assert e.lines is not None
+    n_rows, n_cols = e.lines
+    width = e.count // e.shape[0]
+    index = decode_symbols(e.index_coder, data, n_rows + n_cols + e.entries)
+    rows = _gap_positions(index[:n_rows], e.shape[0], "live row", where)
+    cols = _gap_positions(index[n_rows:n_rows + n_cols], width, "live column", where)
+    within = _gap_positions(index[n_rows + n_cols:], n_rows * n_cols, "index", where)
+    if within.size == 0:
+        return within
+    return rows[within // n_cols] * width + cols[within % n_cols]
+
+
 def _positions(e: TensorEntry, data: np.ndarray, where: str) -> np.ndarray:
     """Element positions of the value entries of a sparse layout."""
+    if e.layout == "sparse-lines":
+        return _line_positions(e, data, where)
     index = decode_symbols(e.index_coder, data, e.entries)
     if index.size == 0:
         return index
