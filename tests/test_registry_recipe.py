@@ -79,6 +79,20 @@ def test_finetune_keeps_masks(mnist_train) -> None:
     assert ctx.records[-1]["step"] == "finetune"
 
 
+def test_finetune_keeps_the_zeros_of_a_model_that_comes_pruned(mnist_train) -> None:
+    model = build_model("lenet300")
+    with torch.no_grad():  # pruned elsewhere (e.g. loaded from a checkpoint): no masks given
+        model.fc1.weight[:, ::3] = 0.0
+    zeros = model.fc1.weight == 0
+    ctx = Context(train_data=mnist_train.subset(range(512)), progress=False,
+                  finetune=TrainConfig(epochs=1, batch_size=64, lr=0.05))
+    tuned = apply_technique(model, FinetuneConfig(epochs=1), ctx)
+    assert bool((tuned.fc1.weight[zeros] == 0).all())
+    assert not torch.equal(tuned.fc1.weight, model.fc1.weight)  # the rest trained
+    assert torch.equal(ctx.masks["fc1.weight"], ~zeros)
+    assert "fc2.weight" not in ctx.masks  # a dense layer gets no mask
+
+
 RECIPE = """
 name: tiny
 finetune: {epochs: 1, lr: 0.01, batch_size: 64}

@@ -97,8 +97,10 @@ def resolve_finetune(given: FinetuneConfig | None, default: FinetuneConfig | Non
 
 @register_technique("finetune", FinetuneConfig, kind="train")
 def finetune(model: nn.Module, config: FinetuneConfig, ctx: Context) -> nn.Module:
-    """Train the model on the context's training data; pruned weights stay zero."""
-    from modelzip.prune.masks import MaskKeeper  # here: modelzip.prune imports this module
+    """Train the model on the context's training data; pruned weights stay zero: those in
+    the context's masks, and the weights that are exactly 0.0 in a layer that has any (a
+    model that comes pruned, e.g. from a checkpoint, brings no masks; its zeros are them)."""
+    from modelzip.prune.masks import MaskKeeper, masks_from_zeros  # (prune imports this)
 
     if config.skips:
         ctx.log("finetune: epochs is 0; nothing to do")
@@ -107,6 +109,9 @@ def finetune(model: nn.Module, config: FinetuneConfig, ctx: Context) -> nn.Modul
     ctx.require("train_data", "finetune")
     cfg = config.merged(ctx.finetune)
     start = time.perf_counter()
+    for name, keep in masks_from_zeros(model).items():
+        ctx.masks[name] = keep & ctx.masks[name].to(keep.device) if name in ctx.masks \
+            else keep
     with MaskKeeper(model, ctx.masks) as keeper:
         ctx.train(model, cfg, step_callbacks=[keeper], technique="finetune")
     record = {"step": "finetune", "epochs": cfg.epochs, "lr": cfg.lr,
