@@ -232,6 +232,9 @@ def lie(entry: dict, **changes) -> dict:
     ("sparse-fixed", {"gap_bits": 40}, "gap_bits"),
     ("sparse-fixed", {"entries": 2000}, "symbols|bytes"),
     ("sparse-fixed", {"layout": "sparse-gaps"}, "entries"),
+    ("sparse-gaps", {"codebook__dtype": "float16"}, "32 float16 values takes 64 bytes"),
+    ("dense", {"codebook__dtype": "bfloat16"}, "may only be float16"),
+    ("dense", {"dtype": "int32", "codebook__dtype": "float16"}, "may only be float16"),
 ])
 def test_lying_entries_are_refused(coded: dict, layout: str, changes: dict,
                                    message: str) -> None:
@@ -308,6 +311,21 @@ def test_a_live_line_past_the_end_is_refused() -> None:
              "values": {"coder": "plain", "bytes": len(values)}}
     with pytest.raises(ArtifactError, match="live row reaches position 4 of 4"):
         decode_tensor(entry, index + values)
+
+
+def test_a_float32_codebook_of_float16_values_is_stored_in_half_the_bytes() -> None:
+    array = shared_sparse(10, (30, 40), density=0.2, levels=16)
+    halved = array.astype(np.float16).astype(np.float32)
+    entry, payload = encode_tensor(halved)
+    assert entry["codebook"] == {"size": 16, "bytes": 32, "dtype": "float16"}
+    assert bits_equal(decode_tensor(entry, payload), halved)
+    full_entry, full_payload = encode_tensor(array)  # not float16 values: 4 bytes each
+    assert "dtype" not in full_entry["codebook"] and full_entry["codebook"]["bytes"] == 64
+    assert len(full_payload) - len(payload) == 32
+    negative_zero = np.array([-0.0, 0.5, -0.0, 0.5, 1.0, 0.5] * 8, np.float32)
+    entry, payload = encode_tensor(negative_zero)  # -0.0 is a float16 too, kept bit for bit
+    assert bits_equal(decode_tensor(entry, payload), negative_zero)
+    assert encode_tensor(halved.astype(np.float64))[0]["codebook"].get("dtype") is None
 
 
 def test_codebook_index_out_of_range_is_refused() -> None:

@@ -331,3 +331,28 @@ def test_cli_lists_and_runs_kmeans(tmp_path: Path, data_root: Path) -> None:
     assert_user_error(run_cli("prune", source, "--method", "kmeans", "--no-progress",
                               "-o", tmp_path / "bad2"), "modelzip quantize")
     assert not (tmp_path / "bad2").exists()
+
+
+def test_kmeans_float16_codebook_halves_the_codebook_bytes_and_unpacks_exactly() -> None:
+    from modelzip.codec.artifact import summarize_artifact
+    from modelzip.codec.model import pack
+
+    torch.manual_seed(0)
+    model = build_model("lenet300")
+    with torch.no_grad():
+        model.fc1.weight[:, ::2] = 0.0
+    out = {}
+    for dtype in ("float32", "float16"):
+        shared = apply_technique(model, WeightSharingConfig(bits=4, codebook_dtype=dtype),
+                                 Context(progress=False))
+        values = shared.fc1.weight.detach()
+        assert bool((values[:, ::2] == 0).all()) and bool((values[:, 1::2] != 0).all())
+        if dtype == "float16":  # every shared value is a float16
+            assert torch.equal(values.half().float(), values)
+        blob = pack(shared)
+        back = unpack(blob)
+        assert all(torch.equal(back.state_dict()[k], v) for k, v in shared.state_dict().items())
+        out[dtype] = {t["name"]: t for t in summarize_artifact(blob)["tensors"]}
+    assert out["float16"]["fc1.weight"]["bytes"] == out["float32"]["fc1.weight"]["bytes"] - 32
+    with pytest.raises(ConfigError, match="codebook_dtype"):
+        WeightSharingConfig(codebook_dtype="bfloat16")

@@ -417,8 +417,13 @@ def decode_tensor(entry: dict[str, Any], payload: bytes, version: int = 2,
         words = [int.from_bytes(data[i * size:(i + 1) * size], "little") for i in range(n)]
     elif "codebook" in entry:
         book = payload[pos:pos + entry["codebook"]["bytes"]]
-        book_words = [int.from_bytes(book[i * size:(i + 1) * size], "little")
-                      for i in range(entry["codebook"]["size"])]
+        if entry["codebook"].get("dtype") == "float16":  # binary16, widened to float32
+            assert entry["dtype"] == "float32"
+            book_words = [struct.unpack("<I", struct.pack("<f", struct.unpack(
+                "<e", book[2 * i:2 * i + 2])[0]))[0] for i in range(entry["codebook"]["size"])]
+        else:
+            book_words = [int.from_bytes(book[i * size:(i + 1) * size], "little")
+                          for i in range(entry["codebook"]["size"])]
         words = [book_words[i] for i in CODERS[values_info["coder"]](data, n)]
     else:  # the affine grid: integers k, then float32 scales and coded zero points
         grid = entry["grid"]
@@ -497,6 +502,8 @@ def test_independent_decoder_reads_every_layout(coder: str) -> None:
         assert {e["layout"] for e in entries} == {"dense", "sparse-gaps", "sparse-fixed",
                                                   "sparse-lines"}
         assert {"plain", "huffman", "raw"} <= {e["values"]["coder"] for e in entries}
+        books = [e["codebook"] for e in entries if "codebook" in e]
+        assert {b.get("dtype") for b in books} == {None, "float16"}
     else:
         assert {e["values"]["coder"] for e in entries} <= {coder, "plain"}
 

@@ -21,7 +21,10 @@ Both gap layouts decode alike: entry i sits ``index[i] + 1`` positions after ent
 Values (``entry["values"]``) are coded in one of three ways, whichever is smallest:
 
 - ``codebook``: the distinct values, stored exactly in the tensor's dtype
-  (``entry["codebook"]``), plus one entropy-coded codebook index per entry;
+  (``entry["codebook"]``), plus one entropy-coded codebook index per entry; a float32
+  tensor's codebook whose values are all exactly float16 values (shared values rounded so,
+  e.g. ``kmeans``' ``codebook_dtype``) is stored as float16 (``"dtype": "float16"``), half
+  the bytes, and widened back exactly;
 - ``grid`` (float32 tensors only; ``entry["grid"]``): an affine grid per channel, as uniform
   quantization leaves a weight. Channel c is row c along axis 0 (``channels`` = shape[0]),
   or the whole tensor (``channels`` = 1). Each entry is an entropy-coded integer k in
@@ -239,22 +242,38 @@ def _grid_for(array: np.ndarray, hint: Any, coder: str) -> _Grid | None:
     return _Grid(k.ravel(), levels, info, scale_bytes + zp_data)
 
 
+def half_codebook(codebook: np.ndarray) -> bytes | None:
+    """A float32 codebook (as uint32 bit patterns) stored as float16, little-endian, when
+    every value widens back to the same bits; else None."""
+    f32 = codebook.astype(np.uint32).view(np.float32)
+    with np.errstate(all="ignore"):
+        f16 = f32.astype(np.float16)
+    if not np.array_equal(f16.astype(np.float32).view(np.uint32), codebook):
+        return None
+    return f16.astype("<f2").tobytes()
+
+
 def _encode_values(values: np.ndarray, itemsize: int, coder: str, grid: _Grid | None = None,
-                   grid_symbols: np.ndarray | None = None
+                   grid_symbols: np.ndarray | None = None, float32: bool = False
                    ) -> list[tuple[str, dict[str, Any], bytes]]:
-    """The smallest of: plain bytes; a codebook of the distinct values + coded indices; and,
-    given a grid, the entries' grid integers (``grid_symbols``) + the grid."""
+    """The smallest of: plain bytes; a codebook of the distinct values + coded indices (a
+    ``float32`` tensor's in float16 when that is exact); and, given a grid, the entries'
+    grid integers (``grid_symbols``) + the grid."""
     plain = values.astype(f"<u{itemsize}").tobytes()
     best = [("values", {"coder": PLAIN, "bytes": len(plain)}, plain)]
     if values.size == 0:
         return best
     codebook, indices = np.unique(values, return_inverse=True)
     if codebook.size <= MAX_CODEBOOK and codebook.size * itemsize < len(plain):
-        book = codebook.astype(f"<u{itemsize}").tobytes()
+        half = half_codebook(codebook) if float32 else None
+        book = half if half is not None else codebook.astype(f"<u{itemsize}").tobytes()
+        info: dict[str, Any] = {"size": int(codebook.size), "bytes": len(book)}
+        if half is not None:
+            info["dtype"] = "float16"
         name, data = encode_symbols(indices.ravel(), coder, alphabet_size=codebook.size)
         if len(book) + len(data) < _size(best):
             best = [("values", {"coder": name, "bytes": len(data)}, data),
-                    ("codebook", {"size": int(codebook.size), "bytes": len(book)}, book)]
+                    ("codebook", info, book)]
     if grid is not None and len(grid.side) < _size(best):
         assert grid_symbols is not None
         name, data = encode_symbols(grid_symbols, coder, alphabet_size=grid.levels)
@@ -266,14 +285,14 @@ def _encode_values(values: np.ndarray, itemsize: int, coder: str, grid: _Grid | 
 
 def _candidate(layout: str, index: np.ndarray | None, values: np.ndarray, itemsize: int,
                coder: str, grid: _Grid | None = None, grid_symbols: np.ndarray | None = None,
-               **extra: Any) -> _Candidate:
+               float32: bool = False, **extra: Any) -> _Candidate:
     streams = []
     fields: dict[str, Any] = {"layout": layout, **extra}
     if index is not None:
         name, data = encode_symbols(index, coder)
         streams.append(("index", {"coder": name, "bytes": len(data)}, data))
         fields["entries"] = int(values.size)
-    streams += _encode_values(values, itemsize, coder, grid, grid_symbols)
+    streams += _encode_values(values, itemsize, coder, grid, grid_symbols, float32)
     return _Candidate(fields, streams)
 
 
@@ -357,12 +376,13 @@ def layout_candidates(array: np.ndarray, coder: str = "best", hint: Any = None, 
     grid = _grid_for(array, hint, coder) if hint is not None else None
     itemsize = array.dtype.itemsize
     nonzero = np.flatnonzero(bits)
+    f32 = dtype_name == "float32"  # a float16 codebook is tried
     candidates = [_candidate("dense", None, bits, itemsize, coder, grid,
-                             grid.symbols() if grid else None)]
+                             grid.symbols() if grid else None, f32)]
     if nonzero.size < bits.size:
         gaps = np.diff(nonzero, prepend=-1)
         candidates.append(_candidate("sparse-gaps", gaps - 1, bits[nonzero], itemsize, coder,
-                                     grid, grid.symbols(nonzero) if grid else None))
+                                     grid, grid.symbols(nonzero) if grid else None, f32))
         # a grid's integers share the codebook's histogram but not its size: estimate with them
         estimated = grid.symbols(nonzero) if grid else bits[nonzero]
         gap_bits = (_choose_gap_bits(gaps, estimated, itemsize, coder)
@@ -374,12 +394,12 @@ def layout_candidates(array: np.ndarray, coder: str = "best", hint: Any = None, 
             # fillers are zeros, on the grid like the others
             symbols = grid.symbols(np.cumsum(index + 1) - 1) if grid else None
             candidates.append(_candidate("sparse-fixed", index, values, itemsize, coder,
-                                         grid, symbols, gap_bits=gap_bits))
+                                         grid, symbols, f32, gap_bits=gap_bits))
         lines = line_index(bits.reshape(array.shape))
         if lines is not None:
             candidates.append(_candidate("sparse-lines", lines[0], bits[nonzero], itemsize,
                                          coder, grid,
-                                         grid.symbols(nonzero) if grid else None,
+                                         grid.symbols(nonzero) if grid else None, f32,
                                          lines=lines[1]))
     shape = [int(d) for d in array.shape]
     crc = tensor_crc32(bits, dtype_name, shape, name)
@@ -521,6 +541,7 @@ class TensorEntry:
     zero_point_coder: str | None = None
     zero_point_bytes: int = 0
     lines: tuple[int, int] | None = None  # sparse-lines: live rows, live columns
+    half_codebook: bool = False  # a float32 tensor's codebook stored as float16
     coding: str = ""  # "": layout + value coding; else one of CODINGS
     spec: Any = None  # the coding's checked fields (DitherSpec, TransformSpec, BloomierSpec)
 
@@ -597,6 +618,7 @@ def check_entry(entry: Any, *, where: str = "tensor",
         index_coder, index_bytes = _stream(entry, "index", where, tuple(sorted(CODERS)))
     value_coder, value_bytes = _stream(entry, "values", where, (*sorted(CODERS), PLAIN))
     codebook_size = codebook_bytes = 0
+    half_book = False
     grid: dict[str, Any] = {}
     if "grid" in entry:
         if value_coder == PLAIN or "codebook" in entry:
@@ -612,16 +634,23 @@ def check_entry(entry: Any, *, where: str = "tensor",
         book = _dict(entry, "codebook", where)
         codebook_size = _int(book, "size", f"{where} codebook", 1, MAX_CODEBOOK)
         codebook_bytes = _int(book, "bytes", f"{where} codebook", 0, 1 << 62)
-        if codebook_bytes != codebook_size * dtype.itemsize:
-            raise _fail(where, f"a codebook of {codebook_size} {dtype_name} values takes "
-                               f"{codebook_size * dtype.itemsize} bytes, the entry says "
+        book_dtype = book.get("dtype", dtype_name)
+        half_book = "dtype" in book
+        if half_book and (book_dtype != "float16" or dtype_name != "float32"):
+            raise _fail(where, f"a codebook's dtype may only be float16, for a float32 "
+                               f"tensor; got {book_dtype!r} for {dtype_name}")
+        width = 2 if half_book else dtype.itemsize
+        if codebook_bytes != codebook_size * width:
+            raise _fail(where, f"a codebook of {codebook_size} {book_dtype} values takes "
+                               f"{codebook_size * width} bytes, the entry says "
                                f"{codebook_bytes}")
     return TensorEntry(dtype=dtype, shape=tuple(shape), count=count, nonzeros=nonzeros,
                        layout=layout, entries=entries, gap_bits=gap_bits,
                        index_coder=index_coder, index_bytes=index_bytes,
                        value_coder=value_coder, value_bytes=value_bytes,
                        codebook_size=codebook_size, codebook_bytes=codebook_bytes,
-                       decoded_crc32=decoded_crc32, crc_field=crc_field, lines=lines, **grid)
+                       decoded_crc32=decoded_crc32, crc_field=crc_field, lines=lines,
+                       half_codebook=half_book, **grid)
 
 
 def _check_lines(entry: dict[str, Any], where: str, shape: list[int], entries: int
@@ -772,7 +801,9 @@ def decode_tensor(entry: dict[str, Any], payload: bytes, *, where: str = "tensor
             values = _grid_decode(e, buf[e.index_bytes + e.value_bytes:], value_data,
                                   positions, where)
         else:
-            book = buf[e.index_bytes + e.value_bytes:].view(word.newbyteorder("<"))
+            book_data = buf[e.index_bytes + e.value_bytes:]
+            book = (book_data.view("<f2").astype(np.float32).view(np.uint32)
+                    if e.half_codebook else book_data.view(word.newbyteorder("<")))
             indices = decode_symbols(e.value_coder, value_data, e.entries)
             if indices.size and int(indices.max()) >= e.codebook_size:
                 raise _fail(where, f"codebook index {int(indices.max())} out of range "
