@@ -851,7 +851,8 @@ def _size_frontier(doc: dict[str, Any]) -> str:
                    f"{r['test_error_pct']:.2f} | {r['val_error_pct']:.2f} ({within} "
                    f"{r['val_limit_pct']}) | {r['bits_per_nonzero_weight']:.2f} | "
                    f"{r['container_overhead_bytes']} | {1000 * r['pack_s']:.0f} | "
-                   f"{1000 * r['unpack_s']:.0f} | {_met(r.get('target_met'))} |")
+                   f"{1000 * r['unpack_s']:.0f} | "
+                   f"{_met(r.get('target_met')) if r.get('target_file_bytes') else 'no target'} |")
     out += ["", "Published (each from its paper): " + "; ".join(
         f"{a['method']} {a['model']} "
         + (f"{a['file_bytes']:,} B" if 'file_bytes' in a else f"{a['ratio']}x")
