@@ -226,6 +226,21 @@ def test_kd_pulls_the_student_towards_the_teacher_and_leaves_the_teacher_alone()
     assert record["epochs"] == 3
 
 
+def test_kd_and_hint_keep_the_zeros_of_a_student_that_comes_pruned() -> None:
+    teacher = _conv_net(16, pool=True, seed=1)
+    for config in (KDConfig(teacher=teacher, T=2.0, alpha=0.5),
+                   HintConfig(student_layer="relu1", teacher_layer="conv2", teacher=teacher,
+                              finetune=FinetuneConfig(epochs=1))):
+        student = _conv_net(8, pool=False, seed=2)
+        with torch.no_grad():  # pruned elsewhere: zeros, no masks in the context
+            student.conv2.weight[:, ::2] = 0.0
+        zeros = student.conv2.weight == 0
+        ctx = Context(train_data=_data(128), finetune=TUNE, progress=False)
+        trained = apply(student, config, ctx)
+        assert bool((trained.conv2.weight[zeros] == 0).all()), type(config).__name__
+        assert not torch.equal(trained.conv2.weight, student.conv2.weight)  # the rest trained
+
+
 def test_hint_stage_trains_the_student_up_to_the_guided_layer_only() -> None:
     teacher, student = _conv_net(16, pool=True, seed=1), _conv_net(8, pool=False, seed=2)
     ctx = Context(train_data=_data(128), finetune=TUNE, progress=False)

@@ -100,7 +100,7 @@ def finetune(model: nn.Module, config: FinetuneConfig, ctx: Context) -> nn.Modul
     """Train the model on the context's training data; pruned weights stay zero: those in
     the context's masks, and the weights that are exactly 0.0 in a layer that has any (a
     model that comes pruned, e.g. from a checkpoint, brings no masks; its zeros are them)."""
-    from modelzip.prune.masks import MaskKeeper, masks_from_zeros  # (prune imports this)
+    from modelzip.prune.masks import MaskKeeper, keep_zeros  # here: prune imports this module
 
     if config.skips:
         ctx.log("finetune: epochs is 0; nothing to do")
@@ -109,10 +109,7 @@ def finetune(model: nn.Module, config: FinetuneConfig, ctx: Context) -> nn.Modul
     ctx.require("train_data", "finetune")
     cfg = config.merged(ctx.finetune)
     start = time.perf_counter()
-    for name, keep in masks_from_zeros(model).items():
-        ctx.masks[name] = keep & ctx.masks[name].to(keep.device) if name in ctx.masks \
-            else keep
-    with MaskKeeper(model, ctx.masks) as keeper:
+    with MaskKeeper(model, keep_zeros(model, ctx.masks)) as keeper:
         ctx.train(model, cfg, step_callbacks=[keeper], technique="finetune")
     record = {"step": "finetune", "epochs": cfg.epochs, "lr": cfg.lr,
               "wall_time_s": round(time.perf_counter() - start, 2)}

@@ -24,7 +24,7 @@ from modelzip.distill.loss import hint_loss
 from modelzip.distill.recovery import resolve_teacher
 from modelzip.errors import ConfigError
 from modelzip.finetune import FinetuneConfig, resolve_finetune
-from modelzip.prune.masks import MaskKeeper
+from modelzip.prune.masks import MaskKeeper, keep_zeros
 from modelzip.train import DistillSettings, TrainConfig
 
 __all__ = ["HintConfig", "KDConfig", "distill", "hint", "kd"]
@@ -105,7 +105,7 @@ def _kd_run(model: nn.Module, settings: DistillSettings, cfg: TrainConfig, ctx: 
     ctx.require("train_data", name)
     cfg = dataclasses.replace(cfg, distill=settings)
     start = time.perf_counter()
-    with MaskKeeper(model, ctx.masks) as keeper:
+    with MaskKeeper(model, keep_zeros(model, ctx.masks)) as keeper:
         ctx.train(model, cfg, step_callbacks=[keeper], technique=name)
     return {**settings.to_dict(), "epochs": cfg.epochs, "lr": cfg.lr,
             "wall_time_s": round(time.perf_counter() - start, 2)}
@@ -187,7 +187,7 @@ def hint(model: nn.Module, config: HintConfig, ctx: Context) -> nn.Module:
         start = time.perf_counter()
         with (capture_output(guided, f"student layer of {what}") as s_box,
               capture_output(hinted, f"teacher layer of {what}") as t_box,
-              MaskKeeper(model, ctx.masks) as keeper):
+              MaskKeeper(model, keep_zeros(model, ctx.masks)) as keeper):
 
             def hint_term(_wrapper: nn.Module, x: Any, _outputs: Any, _targets: Any
                           ) -> torch.Tensor:

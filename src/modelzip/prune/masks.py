@@ -9,8 +9,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["MaskKeeper", "apply_masks", "layer_of", "masks_from_zeros", "prunable_weights",
-           "weight_param"]
+__all__ = ["MaskKeeper", "apply_masks", "keep_zeros", "layer_of", "masks_from_zeros",
+           "prunable_weights", "weight_param"]
 
 
 def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -44,6 +44,16 @@ def masks_from_zeros(model: nn.Module, names: Iterable[str] | None = None
     weights = prunable_weights(model)
     chosen = weights if names is None else {n: weights[n] for n in names}
     return {n: (w.detach() != 0) for n, w in chosen.items() if bool((w == 0).any())}
+
+
+def keep_zeros(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``masks`` (the context's, updated in place and returned) with the exact zeros of every
+    prunable weight that has any: a model that comes pruned (e.g. from a checkpoint) brings
+    no masks, its zeros are them. Training steps keep these fixed, so that they do not
+    revive pruned weights."""
+    for name, keep in masks_from_zeros(model).items():
+        masks[name] = keep & masks[name].to(keep.device) if name in masks else keep
+    return masks
 
 
 @torch.no_grad()
