@@ -13,6 +13,17 @@ from typing import Any
 
 from modelzip.checkpoint import write_atomic
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def repo_relative(path: Path) -> str:
+    """``path`` relative to the repository, as results files name their outputs (a --quick
+    run writes outside it: then the path as it is)."""
+    try:
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(path)
+
 
 def wait_for_checkpoint(path: Path, timeout_s: float) -> None:
     """bench/baselines.py writes the JSON last, so its presence means the folder is whole."""

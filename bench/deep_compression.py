@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchlib import quick_data, write_results
+from benchlib import quick_data, repo_relative, write_results
 from modelzip import __version__
 from modelzip.checkpoint import load_checkpoint
 from modelzip.codec.artifact import describe_artifact
@@ -202,7 +202,7 @@ def run_model(name: str, *, grid: tuple[tuple[str, int, str], ...], share_epochs
         test_after = result.test_error_after
         row = {"experiment": experiment, "model": name, "dataset": "mnist",
                "starts_from": f"magnitude-{name}-{start}", "coder": coder,
-               "file": _relative(path), "file_bytes": len(on_disk),
+               "file": repo_relative(path), "file_bytes": len(on_disk),
                "dense_fp32_bytes": result.before.dense_bytes, "ratio": round(result.ratio, 2),
                "test_error_pct": round(test_after.error_pct, 4),
                "test_errors": test_after.errors, "test_images": test_after.total,
@@ -248,13 +248,6 @@ def run_model(name: str, *, grid: tuple[tuple[str, int, str], ...], share_epochs
         print(f"   smallest under the validation limit: {best['experiment']} "
               f"{best['file_bytes']:,} B, test {best['test_error_pct']:.2f}%", flush=True)
     return rows
-
-
-def _relative(path: Path) -> str:
-    try:
-        return str(path.relative_to(BENCH.parent))
-    except ValueError:  # --quick writes outside the repository
-        return str(path)
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchlib import quick_baseline, quick_data, write_results
+from benchlib import quick_baseline, quick_data, repo_relative, write_results
 from modelzip import __version__
 from modelzip.checkpoint import load_checkpoint, save_checkpoint
 from modelzip.core.context import Context
@@ -182,13 +182,6 @@ def recipe(name: str, technique: str, options: dict[str, Any]) -> dict[str, Any]
     return {"name": name, "steps": [{technique: options}], "pack": {"coder": "best"}}
 
 
-def _relative(path: Path) -> str:
-    try:
-        return str(path.relative_to(BENCH.parent))
-    except ValueError:  # --quick writes outside the repository
-        return str(path)
-
-
 def save_result(result: CompressionResult, folder: Path, experiment: str,
                 train: ImageDataset, settings: dict[str, Any]) -> Path:
     """Save the read-back model as a checkpoint (later benchmarks start from it) and check
@@ -238,7 +231,7 @@ def result_row(experiment: str, method: str, plan: Plan, result: CompressionResu
         "wall_time_s": round(wall, 1),
         **extra,
         "settings": settings,
-        "checkpoint": _relative(path),
+        "checkpoint": repo_relative(path),
         "layers": layers,
     }
 

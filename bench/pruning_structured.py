@@ -54,7 +54,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchlib import quick_baseline, quick_data, wait_for_checkpoint, write_results
+from benchlib import quick_baseline, quick_data, repo_relative, wait_for_checkpoint, write_results
 from modelzip import __version__
 from modelzip.checkpoint import load_checkpoint, save_checkpoint, write_atomic
 from modelzip.core.context import Context
@@ -176,13 +176,6 @@ def quick_folder() -> Path:
     return folder
 
 
-def _relative(path: Path) -> str:
-    try:
-        return str(path.relative_to(BENCH.parent))
-    except ValueError:  # --quick writes outside the repository
-        return str(path)
-
-
 def run(progress: bool = False, *, quick: bool = False,
         out_dir: Path | None = None) -> list[dict[str, Any]]:
     """Prune, fine-tune (both through ``compress``), save and measure; returns one result
@@ -258,7 +251,7 @@ def run(progress: bool = False, *, quick: bool = False,
                     dataset=source.meta.get("dataset") if source else None,
                     training={**finetune.to_dict(), "wall_time_s": hist.wall_time_s,
                               "history": hist.epochs,
-                              "fine_tuned_from": _relative(SOURCE) if source else "stand-in"},
+                              "fine_tuned_from": repo_relative(SOURCE) if source else "stand-in"},
                     metrics=result.to_dict(),
                     extra={"compression": {"technique": "l1-filter", "ratios": ratios,
                                            "round_to": ROUND_TO,
@@ -325,8 +318,8 @@ def run(progress: bool = False, *, quick: bool = False,
         "layers": prune_record["layers"],
         "recipes": [prune_recipe, ft_recipe],
         "pipeline": tuned.settings,
-        "sensitivity_file": _relative(sensitivity.with_suffix(".json")),
-        "sensitivity_plot": _relative(sensitivity.with_suffix(".png")),
+        "sensitivity_file": repo_relative(sensitivity.with_suffix(".json")),
+        "sensitivity_plot": repo_relative(sensitivity.with_suffix(".png")),
         "sensitivity_images": len(val),
         "sensitivity_wall_time_s": round(sensitivity_s, 1),
         "finetune": finetune.to_dict(),
@@ -340,7 +333,7 @@ def run(progress: bool = False, *, quick: bool = False,
             e["epoch_time_s"] for e in base_epochs), 1) if base_epochs else None,
         "load_average_before_timing": load_before,
         "load_average_after_timing": load_after,
-        "checkpoint": _relative(pruned_dir),
+        "checkpoint": repo_relative(pruned_dir),
         "total_wall_time_s": round(time.perf_counter() - t_start, 1),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),

@@ -53,7 +53,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchlib import quick_data, write_results
+from benchlib import quick_data, repo_relative, write_results
 from modelzip.checkpoint import load_checkpoint, save_checkpoint
 from modelzip.codec.artifact import summarize_artifact
 from modelzip.codec.model import pack, unpack
@@ -229,7 +229,7 @@ def run_point(env: Env, method: str, label: str, start: str, steps: list[dict[st
     summary = summarize_artifact(on_disk)
     nonzero, weight_bytes = _weight_nonzeros(summary["tensors"])
     tensor_bytes = sum(t["bytes"] for t in summary["tensors"])
-    point = {"point": label, "starts_from": start, "file": _relative(path),
+    point = {"point": label, "starts_from": start, "file": repo_relative(path),
              "file_bytes": len(on_disk), "test_error_pct": round(test.error_pct, 4),
              "test_errors": test.errors, "test_images": test.total,
              "val_error_pct": round(result.val_error_after, 4),
@@ -244,13 +244,6 @@ def run_point(env: Env, method: str, label: str, start: str, steps: list[dict[st
           f"{point['val_error_pct']:.2f}%, {nonzero:,} non-zero weights, "
           f"{point['bits_per_nonzero_weight']:.2f} bits/nz", flush=True)
     return point
-
-
-def _relative(path: Path) -> str:
-    try:
-        return str(path.relative_to(BENCH.parent))
-    except ValueError:  # --quick writes outside the repository
-        return str(path)
 
 
 # method -> (model name, quick) -> [(label suffix, start, steps)]

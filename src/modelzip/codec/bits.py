@@ -18,6 +18,7 @@ __all__ = [
     "decode_varints",
     "encode_table",
     "encode_varints",
+    "gap_positions",
     "pack_bits",
     "pack_fields",
     "read_fields",
@@ -399,3 +400,20 @@ def _decode_bitcoded(buf: np.ndarray, offset: int, n: int, max_symbol: int, what
         values.append(value)
     return (np.array(symbols, dtype=np.int64), np.array(values, dtype=np.uint64),
             offset + 1 + (pos + 7) // 8)
+
+
+def gap_positions(gaps: np.ndarray, size: int, what: str = "index", *,
+                  limit: int | None = None, of: str | None = None) -> np.ndarray:
+    """Positions from a relative index: entry i lies ``gaps[i] + 1`` after entry i-1 (the
+    first after -1). Each gap must be < ``limit`` (default ``size``) and each position <
+    ``size``; ``of`` names the size in the message. ArtifactError otherwise."""
+    if gaps.size == 0:
+        return gaps
+    limit = size if limit is None else limit
+    if int(gaps.max()) >= limit:
+        raise ArtifactError(f"{what} gap {int(gaps.max())} out of range (limit {limit})")
+    positions = np.cumsum(gaps + 1) - 1
+    if positions[-1] >= size:
+        raise ArtifactError(f"the {what} reaches position {int(positions[-1])} of "
+                            f"{of or size}")
+    return positions

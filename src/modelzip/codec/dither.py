@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from modelzip.codec.bits import gap_positions
 from modelzip.codec.coders import CODERS, decode_symbols, encode_symbols
 from modelzip.errors import ArtifactError
 
@@ -241,12 +242,7 @@ def decode_dither(spec: DitherSpec, buf: np.ndarray, count: int, where: str) -> 
     if spec.layout == "sparse-gaps":
         assert spec.index_coder is not None
         gaps = decode_symbols(spec.index_coder, buf[:spec.index_bytes], spec.entries)
-        if gaps.size and int(gaps.max()) >= count:
-            raise ArtifactError(f"{where}: index gap {int(gaps.max())} out of range")
-        positions = np.cumsum(gaps + 1) - 1
-        if positions.size and positions[-1] >= count:
-            raise ArtifactError(f"{where}: the index reaches position {int(positions[-1])} "
-                                f"of a tensor of {count} elements")
+        positions = gap_positions(gaps, count, of=f"a tensor of {count} elements")
     at = spec.index_bytes
     k = decode_symbols(spec.value_coder, buf[at:at + spec.value_bytes], spec.symbols)
     if k.size and int(k.max()) >= spec.levels:

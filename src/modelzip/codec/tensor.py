@@ -79,7 +79,7 @@ from typing import Any
 
 import numpy as np
 
-from modelzip.codec.bits import as_byte_array
+from modelzip.codec.bits import as_byte_array, gap_positions
 from modelzip.codec.bloomier import check_bloomier, decode_bloomier, encode_bloomier
 from modelzip.codec.coders import (
     CODERS,
@@ -730,48 +730,28 @@ def _check_grid(entry: dict[str, Any], where: str, dtype_name: str, shape: list[
 
 
 # ============================================================================ decoding
-def _gap_positions(index: np.ndarray, size: int, what: str, where: str) -> np.ndarray:
-    """Positions from gaps (``index[i] + 1`` after the previous one), each < ``size``."""
-    if index.size == 0:
-        return index
-    if int(index.max()) >= size:
-        raise _fail(where, f"{what} gap {int(index.max())} out of range (limit {size})")
-    positions = np.cumsum(index + 1) - 1
-    if positions[-1] >= size:
-        raise _fail(where, f"the {what} reaches position {int(positions[-1])} of {size}")
-    return positions
-
-
-def _line_positions(e: TensorEntry, data: np.ndarray, where: str) -> np.ndarray:
+def _line_positions(e: TensorEntry, data: np.ndarray) -> np.ndarray:
     """Element positions of a sparse-lines entry: live rows, live columns, then the entries
     within the live submatrix (row-major), mapped back to the whole tensor."""
     assert e.lines is not None
     n_rows, n_cols = e.lines
     width = e.count // e.shape[0]
     index = decode_symbols(e.index_coder, data, n_rows + n_cols + e.entries)
-    rows = _gap_positions(index[:n_rows], e.shape[0], "live row", where)
-    cols = _gap_positions(index[n_rows:n_rows + n_cols], width, "live column", where)
-    within = _gap_positions(index[n_rows + n_cols:], n_rows * n_cols, "index", where)
+    rows = gap_positions(index[:n_rows], e.shape[0], "live row")
+    cols = gap_positions(index[n_rows:n_rows + n_cols], width, "live column")
+    within = gap_positions(index[n_rows + n_cols:], n_rows * n_cols)
     if within.size == 0:
         return within
     return rows[within // n_cols] * width + cols[within % n_cols]
 
 
-def _positions(e: TensorEntry, data: np.ndarray, where: str) -> np.ndarray:
+def _positions(e: TensorEntry, data: np.ndarray) -> np.ndarray:
     """Element positions of the value entries of a sparse layout."""
     if e.layout == "sparse-lines":
-        return _line_positions(e, data, where)
+        return _line_positions(e, data)
     index = decode_symbols(e.index_coder, data, e.entries)
-    if index.size == 0:
-        return index
     limit = e.count if e.gap_bits is None else min(e.count, 1 << e.gap_bits)
-    if int(index.max()) >= limit:
-        raise _fail(where, f"index gap {int(index.max())} out of range (limit {limit})")
-    positions = np.cumsum(index + 1) - 1
-    if positions[-1] >= e.count:
-        raise _fail(where, f"the index reaches position {int(positions[-1])} of a tensor of "
-                           f"{e.count} elements")
-    return positions
+    return gap_positions(index, e.count, limit=limit, of=f"a tensor of {e.count} elements")
 
 
 def decode_tensor(entry: dict[str, Any], payload: bytes, *, where: str = "tensor",
@@ -792,7 +772,7 @@ def decode_tensor(entry: dict[str, Any], payload: bytes, *, where: str = "tensor
     if e.coding:
         return _decode_coding(e, buf, where, name)
     try:
-        positions = (_positions(e, buf[:e.index_bytes], where) if e.layout != "dense"
+        positions = (_positions(e, buf[:e.index_bytes]) if e.layout != "dense"
                      else None)
         value_data = buf[e.index_bytes:e.index_bytes + e.value_bytes]
         if e.value_coder == PLAIN:
